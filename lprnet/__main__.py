@@ -1,0 +1,71 @@
+"""The user's CLI.
+
+  python -m lprnet eval ARTIFACT --images DIR [--batch N] [--threads N]   metrics JSON for labelled images
+  python -m lprnet predict ARTIFACT IMAGE...                              one plate per image
+
+ARTIFACT is any model file the pipeline writes, or a state dict published by LPRNet_Pytorch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from lprnet.alphabet import ALPHABETS, get_alphabet
+from lprnet.backends import load_predictor
+from lprnet.bench import BenchConfig
+from lprnet.data import list_images, load_folder, load_image
+from lprnet.evaluate import predict_texts
+from lprnet.metrics import artifact_metrics
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lprnet", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add_common(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("artifact", type=Path, help="model file (pipeline artifact or LPRNet_Pytorch state dict)")
+        sub.add_argument("--threads", type=int, default=BenchConfig.threads, help="CPU threads for inference")
+        sub.add_argument("--batch", type=int, default=BenchConfig.eval_batch, help="images per forward pass")
+        sub.add_argument("--alphabet", choices=sorted(ALPHABETS),
+                         help="alphabet of a bare state dict (default: inferred from its class count)")
+
+    evaluate = commands.add_parser("eval", help="accuracy, latency, size of an artifact on labelled images")
+    add_common(evaluate)
+    evaluate.add_argument("--images", type=Path, required=True, help="folder of images named by plate text")
+    evaluate.add_argument("--runs", type=int, default=BenchConfig.runs, help="batch-1 latency samples")
+
+    predict = commands.add_parser("predict", help="print the plate read from each image")
+    add_common(predict)
+    predict.add_argument("images", type=Path, nargs="+")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.batch < 1 or args.threads < 1:
+            raise ValueError(f"--batch and --threads must be at least 1, got {args.batch} and {args.threads}")
+        alphabet = get_alphabet(args.alphabet) if args.alphabet else None
+        predictor = load_predictor(args.artifact, args.threads, alphabet)
+        if args.command == "eval":
+            images, labels = load_folder(list_images(args.images), predictor.alphabet)
+            config = dataclasses.replace(BenchConfig(), threads=args.threads, eval_batch=args.batch, runs=args.runs)
+            print(json.dumps(artifact_metrics(predictor, args.artifact, images, labels, config), indent=2))
+        else:
+            images = np.stack([load_image(path) for path in args.images])
+            for path, text in zip(args.images, predict_texts(predictor, images, args.batch)):
+                print(f"{path}\t{text}")
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""One small Predictor per runtime with the same call: images (N,3,24,94) float32 -> logits (N,C,18) float32.
+
+Evaluation and benchmarking take a Predictor and never branch on the runtime. `load_predictor` picks the
+runtime from the artifact's file type. Does not decode or score (see evaluate.py).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from lprnet.alphabet import Alphabet, get_alphabet
+from lprnet.model import INPUT_HEIGHT, INPUT_WIDTH
+
+
+class Predictor(Protocol):
+    name: str
+    alphabet: Alphabet
+
+    def __call__(self, images: np.ndarray) -> np.ndarray: ...
+
+
+class TorchPredictor:
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module, alphabet: Alphabet, threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = model.eval()
+        self.alphabet = alphabet
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(images)).numpy()
+
+
+class OnnxRuntimePredictor:
+    name = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # ORT raises its own exception types; name the file
+            raise ValueError(f"{path}: ONNX Runtime cannot load this model ({str(error).splitlines()[0]})") from None
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        if "alphabet" not in metadata:
+            raise ValueError(f"{path}: no 'alphabet' in the ONNX metadata (export it with lprnet.export)")
+        self.alphabet = get_alphabet(metadata["alphabet"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: images})[0]
+
+
+def load_predictor(path: str | os.PathLike, threads: int | None = None, alphabet: Alphabet | None = None
+                   ) -> Predictor:
+    """A predictor for any artifact the pipeline writes, or an LPRNet_Pytorch state dict."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such artifact")
+    if path.suffix == ".onnx":
+        return OnnxRuntimePredictor(path, threads)
+    from lprnet.artifacts import load_model
+
+    model, alphabet = load_model(path, alphabet)
+    return TorchPredictor(model, alphabet, threads)
+
+
+def example_input(batch: int = 1, seed: int = 0) -> np.ndarray:
+    """A deterministic normalised input batch for timing and parity checks."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-1, 1, size=(batch, 3, INPUT_HEIGHT, INPUT_WIDTH)).astype(np.float32)

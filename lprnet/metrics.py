@@ -1,0 +1,47 @@
+"""The metrics schema: one flat dict per artifact with units in the key names, the same keys in every stage.
+
+Keys: accuracy, char_accuracy, num_images (evaluate.py); latency_ms_p50, latency_ms_p90, throughput_ips,
+throughput_batch, threads (bench.py); size_bytes, params, macs (here). Does not write files (see io.py).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from lprnet.backends import Predictor
+from lprnet.bench import BenchConfig, measure_speed
+from lprnet.evaluate import evaluate
+from lprnet.model import INPUT_HEIGHT, INPUT_WIDTH
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: torch.nn.Module) -> int:
+    """Multiply-accumulates of one batch-1 forward pass, from PyTorch's own FLOP counter (2 FLOPs per MAC)."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model.eval()(torch.zeros(1, 3, INPUT_HEIGHT, INPUT_WIDTH))
+    return counter.get_total_flops() // 2
+
+
+def model_stats(model: torch.nn.Module) -> dict:
+    return {"params": count_params(model), "macs": count_macs(model)}
+
+
+def artifact_metrics(predictor: Predictor, artifact: str | os.PathLike, images: np.ndarray, labels,
+                     config: BenchConfig) -> dict:
+    """Accuracy on (images, labels), speed, and size of one artifact: the common metrics of every stage."""
+    metrics = evaluate(predictor, images, labels, config.eval_batch)
+    metrics.update(measure_speed(predictor, config))
+    metrics["size_bytes"] = Path(artifact).stat().st_size
+    model = getattr(predictor, "model", None)
+    if isinstance(model, torch.nn.Module):
+        metrics.update(model_stats(model))
+    return metrics

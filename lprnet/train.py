@@ -1,0 +1,97 @@
+"""CTC training and fine-tuning of LPRNet on in-memory splits.
+
+Adam with a one-cycle learning-rate schedule, periodic validation on a held-out split (never the test split),
+early stop when validation accuracy has not improved for `patience` checks, and the best weights restored at
+the end. Channels-last memory format: ~1.5x faster training on this CPU. Does not load or save files.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lprnet.alphabet import Alphabet
+from lprnet.backends import TorchPredictor
+from lprnet.data import to_network_input
+from lprnet.evaluate import evaluate
+from lprnet.model import SEQUENCE_LENGTH, LPRNet
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = 2.0
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    eval_every: int = 200  # steps between validations
+    patience: int = 5  # validations without improvement before stopping
+    seed: int = 0
+    threads: int = 2
+
+
+def ctc_loss(logits: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor, blank: int):
+    log_probs = logits.permute(2, 0, 1).log_softmax(2)  # (T, N, C)
+    input_lengths = torch.full((logits.shape[0],), SEQUENCE_LENGTH, dtype=torch.long)
+    return torch.nn.functional.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=blank,
+                                        zero_infinity=True)
+
+
+def encode_labels(labels, alphabet: Alphabet) -> tuple[torch.Tensor, torch.Tensor]:
+    encoded = [alphabet.encode(str(label)) for label in labels]
+    lengths = torch.tensor([len(e) for e in encoded], dtype=torch.long)
+    return torch.tensor([c for e in encoded for c in e], dtype=torch.long), lengths
+
+
+def train_ctc(model: LPRNet, alphabet: Alphabet, train: tuple[np.ndarray, np.ndarray],
+              validation: tuple[np.ndarray, np.ndarray], config: TrainConfig) -> list[dict]:
+    """Train `model` in place; return the history, one row per validation."""
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)
+    generator = np.random.default_rng(config.seed)
+    images, labels = train
+    steps_per_epoch = math.ceil(len(images) / config.batch_size)
+    total_steps = max(1, round(config.epochs * steps_per_epoch))
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps,
+                                                   pct_start=0.15)
+    history, best_accuracy, best_state, stale = [], -1.0, None, 0
+    running_loss, order = [], np.array([], dtype=int)
+    progress = tqdm(range(1, total_steps + 1), desc="train", mininterval=5)
+    for step in progress:
+        if len(order) < config.batch_size:
+            order = np.concatenate([order, generator.permutation(len(images))])
+        batch, order = order[:config.batch_size], order[config.batch_size:]
+        x = torch.from_numpy(to_network_input(images[batch])).to(memory_format=torch.channels_last)
+        targets, lengths = encode_labels(labels[batch], alphabet)
+        model.train()
+        loss = ctc_loss(model(x), targets, lengths, alphabet.blank)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        running_loss.append(loss.item())
+        if step % config.eval_every == 0 or step == total_steps:
+            result = evaluate(TorchPredictor(model, alphabet), *validation, batch_size=128)
+            row = {"step": step, "epoch": step / steps_per_epoch, "train_loss": float(np.mean(running_loss)),
+                   "val_accuracy": result["accuracy"], "val_char_accuracy": result["char_accuracy"],
+                   "lr": schedule.get_last_lr()[0]}
+            history.append(row)
+            running_loss = []
+            progress.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_accuracy']:.3f}")
+            if result["accuracy"] > best_accuracy:
+                best_accuracy, stale = result["accuracy"], 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+                if stale >= config.patience:
+                    progress.write(f"early stop at step {step}: no improvement in {stale} validations")
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.to(memory_format=torch.contiguous_format).eval()
+    return history

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lprnet.alphabet import get_alphabet
+from lprnet.model import LPRNet, LPRNetConfig
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "lprnet-pretrained"
+PUBLISHED_WEIGHTS = SHARED / "Final_LPRNet_model.pth"
+PUBLISHED_IMAGES = SHARED / "images"
+
+
+@pytest.fixture
+def published_weights() -> Path:
+    if not PUBLISHED_WEIGHTS.is_file():
+        pytest.skip(f"{PUBLISHED_WEIGHTS} is absent")
+    return PUBLISHED_WEIGHTS
+
+
+@pytest.fixture
+def published_images() -> Path:
+    if not PUBLISHED_IMAGES.is_dir():
+        pytest.skip(f"{PUBLISHED_IMAGES} is absent")
+    return PUBLISHED_IMAGES
+
+
+@pytest.fixture
+def latin():
+    return get_alphabet("latin")
+
+
+@pytest.fixture
+def random_model(latin) -> LPRNet:
+    """A randomly initialised model with non-trivial batch-norm statistics, in eval mode."""
+    torch.manual_seed(0)
+    model = LPRNet(LPRNetConfig(num_classes=latin.num_classes))
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+@pytest.fixture
+def images_and_labels(latin):
+    from lprnet.synth import render_split
+
+    return render_split(seed=3, split="test", count=24, symbols=latin.symbols)
+
+
+def as_input(images: np.ndarray) -> torch.Tensor:
+    from lprnet.data import to_network_input
+
+    return torch.from_numpy(to_network_input(images))

@@ -1,0 +1,60 @@
+"""`python -m lprnet eval` and `predict` on pipeline artifacts and on the published state dict."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lprnet.__main__ import main
+from lprnet.artifacts import save_model
+from lprnet.data import list_images
+
+
+@pytest.fixture
+def folder_and_artifact(tmp_path, random_model, latin, images_and_labels):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    images, labels = images_and_labels
+    for i, (image, label) in enumerate(zip(images[:6], labels[:6])):
+        Image.fromarray(image[:, :, ::-1]).save(folder / f"{label}_{i}.png")
+    artifact = tmp_path / "model.pt"
+    save_model(artifact, random_model, latin)
+    return folder, artifact
+
+
+def test_eval_prints_the_common_metrics(folder_and_artifact, capsys):
+    folder, artifact = folder_and_artifact
+    assert main(["eval", str(artifact), "--images", str(folder), "--runs", "3"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["num_images"] == 6 and metrics["threads"] == 2
+    assert metrics["size_bytes"] == artifact.stat().st_size and metrics["params"] > 0 and metrics["macs"] > 0
+
+
+def test_predict_prints_one_plate_per_image(folder_and_artifact, capsys):
+    folder, artifact = folder_and_artifact
+    files = list_images(folder)
+    assert main(["predict", str(artifact), *map(str, files)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == list(map(str, files))
+
+
+def test_missing_artifact_is_a_one_line_error():
+    result = subprocess.run([sys.executable, "-m", "lprnet", "predict", "missing.pt", "x.jpg"],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: missing.pt: no such artifact"
+
+
+def test_published_weights_reach_the_reference_accuracy_at_any_batch(published_weights, published_images, capsys):
+    accuracies = []
+    for batch in ("1", "64"):
+        assert main(["eval", str(published_weights), "--images", str(published_images), "--batch", batch,
+                     "--runs", "3"]) == 0
+        accuracies.append(json.loads(capsys.readouterr().out)["accuracy"])
+    # ../shared/lprnet-pretrained/README.md: 445 / 498 at batch 1.
+    assert accuracies == [445 / 498, 445 / 498]
