@@ -20,7 +20,8 @@ FORMAT = "lprnet-pipeline-torch/1"
 
 
 def config_from_state_dict(state_dict: dict, dropout: float = 0.5) -> LPRNetConfig:
-    """The architecture a state dict was saved from, read off its tensor shapes."""
+    """The architecture of a published-layout state dict, read off its tensor shapes (pruned files carry their
+    config, since the kept pool channels and context divisors cannot be read off shapes)."""
     def out_channels(key: str) -> int:
         if key not in state_dict:
             raise KeyError(key)
@@ -34,6 +35,9 @@ def config_from_state_dict(state_dict: dict, dropout: float = 0.5) -> LPRNetConf
         block2=out_channels("backbone.8.block.6.weight"),
         block3=out_channels("backbone.11.block.6.weight"),
         head=out_channels("backbone.16.weight"),
+        mid1=out_channels("backbone.4.block.0.weight"),
+        mid2=out_channels("backbone.8.block.0.weight"),
+        mid3=out_channels("backbone.11.block.0.weight"),
     )
 
 

@@ -1,7 +1,8 @@
 """ONNX export of an LPRNet with a dynamic batch axis and the alphabet in the model's metadata.
 
-Uses PyTorch's torch.export-based exporter (opset 18, the lowest it implements), which turns the
-channel-strided max pools into a Slice and a MaxPool. Does not quantize (see quantize.py) or check numerics (see the tests and export-onnx stage).
+Uses PyTorch's torch.export-based exporter (opset 18, the lowest it implements), which turns the channel-selecting
+max pools into a Slice (or Gather) and a MaxPool. Does not quantize (see quantize.py) and does not check numerics
+(the tests do).
 """
 
 from __future__ import annotations

@@ -30,23 +30,65 @@ class LPRNetConfig:
     block2: int = 256
     block3: int = 256
     head: int = 256
+    # Inner widths of the three blocks; 0 means block // 4, as published.
+    mid1: int = 0
+    mid2: int = 0
+    mid3: int = 0
+    # Channels kept by the two channel-strided max pools; empty means every 2nd of block1 / every 4th of block3,
+    # as published. Pruning the block outputs renumbers them.
+    pool1_keep: tuple[int, ...] = ()
+    pool2_keep: tuple[int, ...] = ()
+    # Channel counts that divide the context energy of the four taps (stem, block1, block3, classes); 0 means the
+    # tap's own width. Removing all-zero channels keeps the published counts so the normalisation is unchanged.
+    context_divisors: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def __post_init__(self):
+        # Lists arrive from JSON / torch.load; keep the dataclass hashable and comparable.
+        for name in ("pool1_keep", "pool2_keep", "context_divisors"):
+            object.__setattr__(self, name, tuple(int(i) for i in getattr(self, name)))
+        for name in ("pool1_keep", "pool2_keep"):
+            width = self.block1 if name == "pool1_keep" else self.block3
+            if any(not 0 <= i < width for i in getattr(self, name)):
+                raise ValueError(f"{name} indexes outside the {width} channels it selects from")
+
+    @property
+    def pool1_channels(self) -> tuple[int, ...]:
+        return self.pool1_keep or tuple(range(0, self.block1, 2))
+
+    @property
+    def pool2_channels(self) -> tuple[int, ...]:
+        return self.pool2_keep or tuple(range(0, self.block3, 4))
+
+    @property
+    def divisors(self) -> tuple[int, int, int, int]:
+        own = (self.stem, self.block1, self.block3, self.num_classes)
+        return tuple(d or w for d, w in zip(self.context_divisors, own))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
-class ChannelStridedMaxPool(nn.Module):
-    """The original's `MaxPool3d(kernel=(1,3,3), stride=(s,1,w))` on a 4-D tensor, which treats channels as depth:
-    it keeps every s-th channel, then max-pools 3x3. Written as a slice and a MaxPool2d because that is the same
-    arithmetic, ~10x faster on CPU than PyTorch's MaxPool3d, and exports to ONNX as ordinary ops."""
+class ChannelSelectMaxPool(nn.Module):
+    """The original's `MaxPool3d(kernel=(1,3,3), stride=(s,1,w))` on a 4-D tensor treats channels as depth: it
+    keeps every s-th channel, then max-pools 3x3. Written as a channel selection and a MaxPool2d: the same
+    arithmetic, ~10x faster on CPU than PyTorch's MaxPool3d, exportable to ONNX as ordinary ops, and prunable
+    (the kept channels are a list, so removing channels before it just renumbers them)."""
 
-    def __init__(self, channel_stride: int, width_stride: int):
+    def __init__(self, keep: tuple[int, ...], in_channels: int, width_stride: int):
         super().__init__()
-        self.channel_stride = channel_stride
+        self.keep = tuple(keep)
+        stride = self.keep[1] - self.keep[0] if len(self.keep) > 1 else 1
+        self.slice = (self.keep[0], self.keep[-1] + 1, stride)
+        # A strided slice when the kept channels are evenly spaced (as published), an index select otherwise.
+        self.is_slice = self.keep == tuple(range(*self.slice))
+        self.register_buffer("index", torch.tensor(self.keep, dtype=torch.long), persistent=False)
         self.pool = nn.MaxPool2d(kernel_size=3, stride=(1, width_stride))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(x[:, :: self.channel_stride])
+        if self.is_slice:
+            start, stop, step = self.slice
+            return self.pool(x[:, start:stop:step])
+        return self.pool(x.index_select(1, self.index))
 
 
 class SmallBasicBlock(nn.Module):
@@ -67,9 +109,11 @@ class SmallBasicBlock(nn.Module):
         return self.block(x)
 
 
-def normalise_context(f: torch.Tensor) -> torch.Tensor:
-    """f / mean(f^2) with the mean taken per sample (the original takes it over the whole batch)."""
-    return f / f.pow(2).mean(dim=(1, 2, 3), keepdim=True)
+def normalise_context(f: torch.Tensor, channels: int) -> torch.Tensor:
+    """f / mean(f^2), the mean per sample (the original takes it over the whole batch) and over `channels`
+    channels: f's own count, or more when all-zero channels were removed from f."""
+    energy = f.pow(2).sum(dim=(1, 2, 3), keepdim=True) / (channels * f.shape[2] * f.shape[3])
+    return f / energy
 
 
 class LPRNet(nn.Module):
@@ -81,19 +125,19 @@ class LPRNet(nn.Module):
             nn.BatchNorm2d(c.stem),
             nn.ReLU(),  # 2: context tap
             nn.MaxPool2d(kernel_size=3, stride=1),  # -> (N,64,20,90)
-            SmallBasicBlock(c.stem, c.block1),  # 4: -> (N,128,20,90)
+            SmallBasicBlock(c.stem, c.block1, c.mid1 or None),  # 4: -> (N,128,20,90)
             nn.BatchNorm2d(c.block1),
             nn.ReLU(),  # 6: context tap
-            ChannelStridedMaxPool(channel_stride=2, width_stride=2),  # 7: -> (N,64,18,44)
-            SmallBasicBlock(c.block1 // 2, c.block2),  # 8: -> (N,256,18,44)
+            ChannelSelectMaxPool(c.pool1_channels, c.block1, width_stride=2),  # 7: every 2nd -> (N,64,18,44)
+            SmallBasicBlock(len(c.pool1_channels), c.block2, c.mid2 or None),  # 8: -> (N,256,18,44)
             nn.BatchNorm2d(c.block2),
             nn.ReLU(),  # 10
-            SmallBasicBlock(c.block2, c.block3),  # 11
+            SmallBasicBlock(c.block2, c.block3, c.mid3 or None),  # 11
             nn.BatchNorm2d(c.block3),
             nn.ReLU(),  # 13: context tap
-            ChannelStridedMaxPool(channel_stride=4, width_stride=2),  # 14: -> (N,64,16,21)
+            ChannelSelectMaxPool(c.pool2_channels, c.block3, width_stride=2),  # 14: every 4th -> (N,64,16,21)
             nn.Dropout(c.dropout),
-            nn.Conv2d(c.block3 // 4, c.head, kernel_size=(1, 4), stride=1),  # 16: -> (N,256,16,18)
+            nn.Conv2d(len(c.pool2_channels), c.head, kernel_size=(1, 4), stride=1),  # 16: -> (N,256,16,18)
             nn.BatchNorm2d(c.head),
             nn.ReLU(),  # 18
             nn.Dropout(c.dropout),
@@ -114,11 +158,12 @@ class LPRNet(nn.Module):
             if i in CONTEXT_TAPS:
                 taps.append(x)
         stem, block1, block3, classes = taps
+        d_stem, d_block1, d_block3, d_classes = self.config.divisors
         context = [
-            normalise_context(self.pool_stem(stem)),
-            normalise_context(self.pool_stem(block1)),
-            normalise_context(self.pool_block(block3)),
-            normalise_context(classes),
+            normalise_context(self.pool_stem(stem), d_stem),
+            normalise_context(self.pool_stem(block1), d_block1),
+            normalise_context(self.pool_block(block3), d_block3),
+            normalise_context(classes, d_classes),
         ]
         x = self.container(torch.cat(context, dim=1))  # (N,C,4,18)
         return x.mean(dim=2)

@@ -33,11 +33,11 @@ PLATE_COLOURS = [
 @dataclass(frozen=True)
 class SynthConfig:
     """Strength of each corruption; the defaults make a task that LPRNet learns but does not find trivial."""
-    max_perspective: float = 0.08  # corner jitter as a fraction of the plate size
-    max_rotation_deg: float = 4.0
-    max_blur: float = 1.0  # Gaussian radius, in pixels of the 4x canvas / SCALE
-    max_noise: float = 14.0  # std of additive Gaussian noise, 0-255 scale
-    jpeg_quality: tuple[int, int] = (25, 95)
+    max_perspective: float = 0.05  # corner jitter as a fraction of the plate size
+    max_rotation_deg: float = 3.0
+    max_blur: float = 0.8  # Gaussian radius in output pixels
+    max_noise: float = 12.0  # std of additive Gaussian noise, 0-255 scale
+    jpeg_quality: tuple[int, int] = (30, 95)
     colour_jitter: float = 0.25
 
 
@@ -74,12 +74,12 @@ def render_plate(text: str, rng: np.random.Generator, config: SynthConfig = Synt
     font_size = int(rng.integers(60, 76))
     gap = rng.uniform(2, 10)
     widths = [draw.textlength(c, font=_font(font_size)) for c in text]
-    fill = rng.uniform(0.78, 0.92)  # share of the plate width the text takes
+    fill = rng.uniform(0.72, 0.86)  # share of the plate width the text takes: all of it stays in view
     font_size = int(font_size * min(1.0, fill * width / (sum(widths) + gap * (len(text) - 1))))
     font = _font(font_size)
     widths = [draw.textlength(c, font=font) for c in text]
     total = sum(widths) + gap * (len(text) - 1)
-    x = (width - total) / 2 + rng.uniform(-8, 8)
+    x = (width - total) / 2 + rng.uniform(-6, 6)
     y = height / 2 + rng.uniform(-5, 5)
     for char, w in zip(text, widths):
         draw.text((x, y), char, fill=ink, font=font, anchor="lm")
