@@ -35,13 +35,21 @@ def model_stats(model: torch.nn.Module) -> dict:
     return {"params": count_params(model), "macs": count_macs(model)}
 
 
+def artifact_size(artifact: str | os.PathLike) -> int:
+    """Bytes of a model file, or of every file in an artifact folder."""
+    path = Path(artifact)
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
 def artifact_metrics(predictor: Predictor, artifact: str | os.PathLike, images: np.ndarray, labels,
-                     config: BenchConfig) -> dict:
-    """Accuracy on (images, labels), speed, and size of one artifact: the common metrics of every stage."""
+                     config: BenchConfig, source: torch.nn.Module | None = None) -> dict:
+    """Accuracy on (images, labels), speed, and size of one artifact: the common metrics of every stage.
+
+    `params` and `macs` are counted on the PyTorch model: the predictor's own, or `source` for a compiled one."""
     metrics = evaluate(predictor, images, labels, config.eval_batch)
     metrics.update(measure_speed(predictor, config))
-    metrics["size_bytes"] = Path(artifact).stat().st_size
-    model = getattr(predictor, "model", None)
+    metrics["size_bytes"] = artifact_size(artifact)
+    model = source if source is not None else getattr(predictor, "model", None)
     if isinstance(model, torch.nn.Module):
         metrics.update(model_stats(model))
     return metrics

@@ -24,6 +24,7 @@ from lprnet.model import SEQUENCE_LENGTH, LPRNet
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: float = 2.0
+    steps: int = 0  # when > 0, the number of optimizer steps (overrides epochs), as for fine-tuning
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -54,7 +55,7 @@ def train_ctc(model: LPRNet, alphabet: Alphabet, train: tuple[np.ndarray, np.nda
     generator = np.random.default_rng(config.seed)
     images, labels = train
     steps_per_epoch = math.ceil(len(images) / config.batch_size)
-    total_steps = max(1, round(config.epochs * steps_per_epoch))
+    total_steps = config.steps if config.steps > 0 else max(1, round(config.epochs * steps_per_epoch))
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps,
