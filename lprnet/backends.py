@@ -1,7 +1,8 @@
 """One small Predictor per runtime with the same call: images (N,3,24,94) float32 -> logits (N,C,18) float32.
 
-Evaluation and benchmarking take a Predictor and never branch on the runtime. `load_predictor` picks the
-runtime from the artifact's file type. Does not decode or score (see evaluate.py).
+PyTorch and ONNX Runtime predictors live here, TVM's in compile_tvm.py. Evaluation and benchmarking take a
+Predictor and never branch on the runtime. `load_predictor` picks the runtime from the artifact: a .onnx file, a
+TVM artifact folder, or a PyTorch file. Does not decode or score (see evaluate.py).
 """
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ def load_predictor(path: str | os.PathLike, threads: int | None = None, alphabet
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such artifact")
+    if path.is_dir():
+        from lprnet.compile_tvm import TVMPredictor, is_tvm_artifact
+
+        if not is_tvm_artifact(path):
+            raise ValueError(f"{path}: a folder without a TVM manifest.json")
+        return TVMPredictor(path, threads)
     if path.suffix == ".onnx":
         return OnnxRuntimePredictor(path, threads)
     from lprnet.artifacts import load_model

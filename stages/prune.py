@@ -1,0 +1,65 @@
+"""DVC stage `prune`: lossless dead-channel removal, then structural filter pruning, then optional fine-tuning.
+
+Writes the pruned model, and metrics with the common keys, the reduction ratios against the baseline, and what
+the lossless step removed. Fine-tuning reads the train split and validates on calib; the test split is only scored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lprnet.artifacts import load_model, save_model
+from lprnet.backends import TorchPredictor
+from lprnet.bench import BenchConfig
+from lprnet.data import load_prepared
+from lprnet.io import write_json_atomic
+from lprnet.metrics import artifact_metrics, count_macs, count_params
+from lprnet.prune import prune_channels, remove_dead_channels
+from lprnet.stage import parse_args, read_section, run
+from lprnet.train import TrainConfig, train_ctc
+
+
+@dataclass(frozen=True)
+class PruneParams:
+    ratio: float  # share of channels removed by the criterion, in [0, 1)
+    criterion: str  # l1 | l2
+    scope: str  # global | layer
+    finetune_steps: int  # 0: no fine-tuning
+    finetune_lr: float
+    batch_size: int
+    seed: int
+
+
+def main() -> None:
+    args = parse_args(__doc__, ["baseline", "data", "model", "metrics"])
+    params = read_section(args.params, "prune", PruneParams)
+    bench = read_section(args.params, "bench", BenchConfig)
+    baseline, alphabet = load_model(args.baseline)
+    before = {"params": count_params(baseline), "macs": count_macs(baseline)}
+
+    model, dead = remove_dead_channels(baseline)
+    lossless_macs = count_macs(model)
+    model = prune_channels(model, params.ratio, params.criterion, params.scope)
+    if params.finetune_steps > 0:
+        config = TrainConfig(steps=params.finetune_steps, batch_size=params.batch_size, lr=params.finetune_lr,
+                             eval_every=max(1, params.finetune_steps // 5), patience=10**9, seed=params.seed,
+                             threads=bench.threads)
+        train_ctc(model, alphabet, load_prepared(args.data, "train"), load_prepared(args.data, "calib"), config)
+    save_model(args.model, model, alphabet)
+
+    metrics = artifact_metrics(TorchPredictor(model, alphabet, bench.threads), args.model,
+                               *load_prepared(args.data, "test"), bench)
+    metrics.update({
+        "params_ratio": metrics["params"] / before["params"],
+        "macs_ratio": metrics["macs"] / before["macs"],
+        "size_ratio": metrics["size_bytes"] / Path(args.baseline).stat().st_size,
+        "dead_channels_removed": dead["dead_channels_removed"],
+        "dead_channels_kept": dead["dead_channels_kept"],
+        "dead_macs_removed": before["macs"] - lossless_macs,
+    })
+    write_json_atomic(args.metrics, metrics)
+
+
+if __name__ == "__main__":
+    run(main)

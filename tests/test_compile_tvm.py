@@ -1,0 +1,197 @@
+"""TVM (Relax) against ONNX Runtime: import, graph passes, layout passes, build and the artifact folder.
+
+Each module is imported, transformed and built once per test module (builds take seconds): the conftest fixtures
+are function-scoped, so a module-scoped cache holds what the first test to need it built.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+
+from lprnet import compile_tvm  # noqa: E402  (after the importorskip, which must run first)
+from lprnet.backends import example_input, load_predictor  # noqa: E402
+from lprnet.export import export_onnx  # noqa: E402
+
+PARITY_ATOL = 1e-3  # max abs logit difference to ONNX Runtime
+HOST = compile_tvm.detect_target({"kind": "llvm"})
+
+
+@pytest.fixture(scope="module")
+def cache() -> dict:
+    return {}
+
+
+def once(cache: dict, key: str, make):
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
+@pytest.fixture
+def onnx_path(cache, tmp_path_factory, random_model, latin):
+    def export():
+        path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+        export_onnx(random_model, latin, path)
+        return path
+
+    return once(cache, "onnx", export)
+
+
+@pytest.fixture
+def modules(cache, onnx_path) -> dict:
+    """Imported, after the default graph passes, after those and the default layout passes (NHWC)."""
+
+    def make():
+        imported = compile_tvm.import_onnx(onnx_path)
+        graph = compile_tvm.apply_passes(imported, compile_tvm.DEFAULT_GRAPH_PASSES, compile_tvm.GRAPH_PASSES)
+        layout = compile_tvm.apply_passes(graph, compile_tvm.DEFAULT_LAYOUT_PASSES, compile_tvm.LAYOUT_PASSES,
+                                          layout="NHWC")
+        return {"imported": imported, "graph": graph, "layout": layout}
+
+    return once(cache, "modules", make)
+
+
+@pytest.fixture
+def executables(cache, modules) -> dict:
+    return once(cache, "executables", lambda: {key: compile_tvm.build(mod, HOST) for key, mod in modules.items()})
+
+
+@pytest.fixture
+def artifact(cache, tmp_path_factory, executables, modules, latin):
+    def save():
+        folder = tmp_path_factory.mktemp("artifact") / "lprnet-tvm"
+        compile_tvm.save_artifact(folder, executables["layout"], modules["layout"], HOST,
+                                  compile_tvm.module_input_shape(modules["layout"]), latin.name,
+                                  extra={"layout_passes": list(compile_tvm.DEFAULT_LAYOUT_PASSES)})
+        return folder
+
+    return once(cache, "artifact", save)
+
+
+def run(executable, images: np.ndarray) -> np.ndarray:
+    vm = tvm.relax.VirtualMachine(executable, tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(images)).numpy()
+
+
+@pytest.mark.parametrize("stage", ["imported", "graph", "layout"])
+def test_built_module_matches_onnxruntime(stage, executables, onnx_path):
+    images = example_input(1, seed=7)
+    expected = load_predictor(onnx_path)(images)
+    logits = run(executables[stage], images)
+    assert logits.shape == expected.shape
+    assert np.abs(logits - expected).max() < PARITY_ATOL
+
+
+def test_graph_passes_fold_the_constant_bias_reshapes(modules):
+    before, after = compile_tvm.count_ops(modules["imported"]), compile_tvm.count_ops(modules["graph"])
+    # The ONNX importer reshapes each conv bias to (1,C,1,1) at run time; folding makes those constants.
+    assert after["relax_ops"] < before["relax_ops"]
+    assert after["kernels_legalized"] <= before["kernels_legalized"]
+    assert before["kernels"] == after["kernels"] == 0  # still high-level operators
+
+
+def test_layout_passes_convert_to_nhwc_and_fuse_kernels(modules):
+    graph = compile_tvm.count_ops(modules["graph"])
+    layout = compile_tvm.count_ops(modules["layout"])
+    assert layout["relax_ops"] == 0  # every operator legalized to a TIR kernel
+    assert layout["kernels"] < graph["kernels_legalized"]  # fusion: fewer kernels than one per operator
+    assert layout["ops"] < graph["ops"]
+    # The stem conv's output, (N,C,H,W) = (1,64,22,92), is now held as NHWC.
+    assert "(1, 64, 22, 92)" in modules["graph"].script()
+    assert "(1, 22, 92, 64)" in modules["layout"].script()
+
+
+def test_artifact_round_trip_loads_without_recompiling(artifact, executables, latin, monkeypatch):
+    images = example_input(3, seed=11)
+    per_image = np.concatenate([run(executables["layout"], images[i:i + 1]) for i in range(3)])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the predictor compiled something")
+
+    monkeypatch.setattr(tvm.relax, "build", refuse)
+    monkeypatch.setattr(tvm, "compile", refuse)
+    monkeypatch.setattr(tvm.runtime.Executable, "jit", refuse)
+    monkeypatch.setattr(tvm.runtime.Executable, "export_library", refuse)
+    # threads= sets these process-wide; registering them here makes monkeypatch restore them afterwards.
+    monkeypatch.setenv("TVM_NUM_THREADS", "1")
+    monkeypatch.setenv("TVM_BIND_THREADS", "0")
+
+    predictor = compile_tvm.TVMPredictor(artifact, threads=1)
+    assert predictor.name == "tvm" and predictor.alphabet == latin and predictor.threads == 1
+    logits = predictor(images)
+    np.testing.assert_array_equal(logits, per_image)
+    assert predictor(images[:0]).shape == (0, *logits.shape[1:])
+
+    manifest = json.loads((artifact / compile_tvm.MANIFEST_FILE).read_text())
+    assert manifest["target"] == HOST and manifest["input_shape"] == [1, 3, 24, 94]
+    assert manifest["alphabet"] == latin.name and manifest["tvm_version"] == tvm.__version__
+    assert manifest["layout_passes"] == list(compile_tvm.DEFAULT_LAYOUT_PASSES)
+    assert (artifact / compile_tvm.IR_FILE).read_text().startswith("# from tvm.script")
+
+
+def test_a_tampered_library_is_refused(artifact, tmp_path):
+    copy = tmp_path / "tampered"
+    shutil.copytree(artifact, copy)
+    library = copy / compile_tvm.LIBRARY_FILE
+    data = bytearray(library.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    library.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=compile_tvm.LIBRARY_FILE):
+        compile_tvm.TVMPredictor(copy)
+
+
+def test_an_unknown_pass_name_is_rejected_with_the_valid_names(modules):
+    with pytest.raises(ValueError, match="'fold_constants'.*fold_constant"):
+        compile_tvm.apply_passes(modules["imported"], ["fold_constants"], compile_tvm.GRAPH_PASSES)
+
+
+def test_an_option_no_pass_takes_is_rejected(modules):
+    with pytest.raises(ValueError, match="'layuot'"):
+        compile_tvm.apply_passes(modules["imported"], ["convert_layout"], compile_tvm.LAYOUT_PASSES, layuot="NHWC")
+
+
+@pytest.mark.parametrize("target, named", [({"kind": "nonsense"}, "nonsense"),
+                                           ({"kind": "llvm", "mcpu": "not-a-cpu"}, "not-a-cpu"),
+                                           ({"kind": "llvm", "bogus_option": 1}, "bogus_option")])
+def test_an_unparsable_target_is_rejected(target, named):
+    with pytest.raises(ValueError, match=named) as error:
+        compile_tvm.detect_target(target)
+    assert "\n" not in str(error.value)
+
+
+def test_detect_target_fills_in_the_host_cpu():
+    assert HOST["mcpu"] == tvm.target.codegen.llvm_get_system_cpu()
+    assert compile_tvm.detect_target({"kind": "llvm", "mcpu": "x86-64"}) == {"kind": "llvm", "mcpu": "x86-64"}
+
+
+def test_graph_passes_fold_a_batch_norm_into_the_conv(tmp_path, latin):
+    """lprnet.export leaves no BatchNormalization, so a hand-built Conv + BatchNormalization ONNX checks the pair."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    tensors = {"w": rng.standard_normal((4, 3, 3, 3)), "scale": rng.uniform(0.5, 1.5, 4), "bias": rng.normal(size=4),
+               "mean": rng.normal(size=4), "var": rng.uniform(0.5, 1.5, 4)}
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["images", "w"], ["conv"]),
+         helper.make_node("BatchNormalization", ["conv", "scale", "bias", "mean", "var"], ["logits"])],
+        "conv_bn", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [None, 3, 24, 94])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 4, 22, 92])],
+        [numpy_helper.from_array(value.astype(np.float32), name) for name, value in tensors.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    helper.set_model_props(model, {"alphabet": latin.name})
+    onnx.save(model, tmp_path / "conv_bn.onnx")
+
+    imported = compile_tvm.import_onnx(tmp_path / "conv_bn.onnx")
+    folded = compile_tvm.apply_passes(imported, compile_tvm.DEFAULT_GRAPH_PASSES, compile_tvm.GRAPH_PASSES)
+    assert "batch_norm" in imported.script() and "batch_norm" not in folded.script()
+    assert compile_tvm.count_ops(folded)["ops"] == 2  # conv2d + bias add
+    images = example_input(1, seed=3)
+    np.testing.assert_allclose(run(compile_tvm.build(folded, HOST), images),
+                               run(compile_tvm.build(imported, HOST), images), atol=1e-4)
