@@ -68,6 +68,9 @@ def load_model(path: str | os.PathLike, alphabet: Alphabet | None = None) -> tup
     if payload.get("format") == FORMAT:
         state_dict, saved_alphabet = payload["state_dict"], get_alphabet(payload["alphabet"])
         config = LPRNetConfig(**payload["config"])
+    elif isinstance(payload.get("format"), str):
+        raise ValueError(f"{path}: a {payload['format']!r} artifact, not a float model "
+                         "(use lprnet.backends.load_predictor)")
     else:
         state_dict = payload
         try:

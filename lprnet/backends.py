@@ -78,7 +78,13 @@ def load_predictor(path: str | os.PathLike, threads: int | None = None, alphabet
     if path.suffix == ".onnx":
         return OnnxRuntimePredictor(path, threads)
     from lprnet.artifacts import load_model
+    from lprnet.quantize import is_quantized_artifact, load_quantized
 
+    if is_quantized_artifact(path):
+        model, saved = load_quantized(path)
+        if alphabet is not None and alphabet != saved:
+            raise ValueError(f"{path}: the int8 model's alphabet is {saved.name!r}, not {alphabet.name!r}")
+        return TorchPredictor(model, saved, threads)
     model, alphabet = load_model(path, alphabet)
     return TorchPredictor(model, alphabet, threads)
 
