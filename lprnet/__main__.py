@@ -2,6 +2,7 @@
 
   python -m lprnet eval ARTIFACT --images DIR [--batch N] [--threads N]   metrics JSON for labelled images
   python -m lprnet predict ARTIFACT IMAGE...                              one plate per image
+  python -m lprnet gate --against REV                                     fail on accuracy/latency regressions
 
 ARTIFACT is any model file the pipeline writes, or a state dict published by LPRNet_Pytorch.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lprnet import gate
 from lprnet.alphabet import ALPHABETS, get_alphabet
 from lprnet.backends import load_predictor
 from lprnet.bench import BenchConfig
@@ -43,11 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="print the plate read from each image")
     add_common(predict)
     predict.add_argument("images", type=Path, nargs="+")
+    gate.add_parser(commands)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "gate":
+        return gate.run(args)
     try:
         if args.batch < 1 or args.threads < 1:
             raise ValueError(f"--batch and --threads must be at least 1, got {args.batch} and {args.threads}")

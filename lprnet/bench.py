@@ -39,12 +39,39 @@ def time_calls(predictor: Predictor, inputs: np.ndarray, warmup: int, runs: int)
 def measure_speed(predictor: Predictor, config: BenchConfig) -> dict:
     """Batch-1 latency percentiles in ms and throughput in images/s at `config.throughput_batch`."""
     latency = time_calls(predictor, example_input(1), config.warmup, config.runs) * 1e3
-    batch = example_input(config.throughput_batch)
-    per_batch = time_calls(predictor, batch, max(1, config.warmup // 5), config.throughput_runs)
     return {
-        "latency_ms_p50": float(np.percentile(latency, 50)),
-        "latency_ms_p90": float(np.percentile(latency, 90)),
-        "throughput_ips": float(config.throughput_batch / np.median(per_batch)),
+        **latency_summary(latency),
+        "throughput_ips": throughput(predictor, config),
         "throughput_batch": config.throughput_batch,
         "threads": config.threads,
     }
+
+
+def interleaved_latency(predictors: dict[str, Predictor], config: BenchConfig) -> dict[str, dict]:
+    """Batch-1 latency of several predictors measured in turn (A B C ... A B C ...), so that drift in the machine's
+    state (frequency, other load) falls on all of them alike; p50 and p90 in ms per predictor."""
+    inputs = example_input(1)
+    for predictor in predictors.values():
+        for _ in range(config.warmup):
+            predictor(inputs)
+    samples = {name: np.empty(config.runs) for name in predictors}
+    for run in range(config.runs):
+        for name, predictor in predictors.items():
+            start = time.perf_counter()
+            predictor(inputs)
+            samples[name][run] = time.perf_counter() - start
+    return {name: latency_summary(s * 1e3) for name, s in samples.items()}
+
+
+def latency_summary(samples_ms: np.ndarray) -> dict:
+    """p50, p90 and the median absolute deviation (the noise scale the regression gate compares against)."""
+    median = float(np.median(samples_ms))
+    return {"latency_ms_p50": median, "latency_ms_p90": float(np.percentile(samples_ms, 90)),
+            "latency_ms_mad": float(np.median(np.abs(samples_ms - median)))}
+
+
+def throughput(predictor: Predictor, config: BenchConfig) -> float:
+    """Images per second at batch `config.throughput_batch` (median over calls)."""
+    per_batch = time_calls(predictor, example_input(config.throughput_batch), max(1, config.warmup // 5),
+                           config.throughput_runs)
+    return float(config.throughput_batch / np.median(per_batch))

@@ -20,6 +20,7 @@ from lprnet.io import atomic_path
 from lprnet.model import INPUT_HEIGHT, INPUT_WIDTH
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+MAX_PIXELS = 4096 * 4096  # a plate crop is tiny; a header claiming more is corrupt or hostile, not a plate
 
 
 def label_from_filename(name: str) -> str:
@@ -32,13 +33,15 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     """Read one image as (24, 94, 3) uint8 BGR; other sizes are resized with a warning."""
     try:
         with Image.open(path) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise ValueError(f"declares {image.width}x{image.height} pixels")
             rgb = image.convert("RGB")
             if rgb.size != (INPUT_WIDTH, INPUT_HEIGHT):
                 warnings.warn(f"{path}: {rgb.size[0]}x{rgb.size[1]} resized to {INPUT_WIDTH}x{INPUT_HEIGHT}",
                               stacklevel=2)
                 rgb = rgb.resize((INPUT_WIDTH, INPUT_HEIGHT), Image.Resampling.BILINEAR)
             pixels = np.asarray(rgb)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"{path}: unreadable image ({error})") from None
     return np.ascontiguousarray(pixels[:, :, ::-1])
 
@@ -81,7 +84,8 @@ def hash_split(name: str, fractions: dict[str, float]) -> str:
         edge += fraction
         if position < edge:
             return split
-    return list(fractions)[-1]
+    # A float sum just under 1 (or a position that rounds up to 1.0) must not reach a zero-fraction split.
+    return [split for split, fraction in fractions.items() if fraction > 0][-1]
 
 
 def save_split(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray) -> None:

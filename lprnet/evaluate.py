@@ -13,15 +13,21 @@ from lprnet.data import to_network_input
 from lprnet.decode import greedy_decode
 
 
-def predict_texts(predictor: Predictor, images: np.ndarray, batch_size: int = 64) -> list[str]:
-    """(N,24,94,3) uint8 BGR images -> N plate strings."""
+def predict_logits(predictor: Predictor, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """(N,24,94,3) uint8 BGR images -> (N,C,18) logits."""
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    texts = []
-    for start in range(0, len(images), batch_size):
-        logits = predictor(to_network_input(images[start:start + batch_size]))
-        texts += [predictor.alphabet.decode(seq) for seq in greedy_decode(logits, predictor.alphabet.blank)]
-    return texts
+    return np.concatenate([predictor(to_network_input(images[start:start + batch_size]))
+                           for start in range(0, len(images), batch_size)])
+
+
+def texts_from_logits(logits: np.ndarray, alphabet) -> list[str]:
+    return [alphabet.decode(seq) for seq in greedy_decode(logits, alphabet.blank)]
+
+
+def predict_texts(predictor: Predictor, images: np.ndarray, batch_size: int = 64) -> list[str]:
+    """(N,24,94,3) uint8 BGR images -> N plate strings."""
+    return texts_from_logits(predict_logits(predictor, images, batch_size), predictor.alphabet)
 
 
 def edit_distance(a: str, b: str) -> int:

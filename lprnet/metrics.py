@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lprnet.backends import Predictor
 from lprnet.bench import BenchConfig, measure_speed
-from lprnet.evaluate import evaluate
+from lprnet.evaluate import evaluate, score
 from lprnet.model import INPUT_HEIGHT, INPUT_WIDTH
 
 
@@ -42,11 +42,13 @@ def artifact_size(artifact: str | os.PathLike) -> int:
 
 
 def artifact_metrics(predictor: Predictor, artifact: str | os.PathLike, images: np.ndarray, labels,
-                     config: BenchConfig, source: torch.nn.Module | None = None) -> dict:
+                     config: BenchConfig, source: torch.nn.Module | None = None,
+                     texts: list[str] | None = None) -> dict:
     """Accuracy on (images, labels), speed, and size of one artifact: the common metrics of every stage.
 
-    `params` and `macs` are counted on the PyTorch model: the predictor's own, or `source` for a compiled one."""
-    metrics = evaluate(predictor, images, labels, config.eval_batch)
+    `params` and `macs` are counted on the PyTorch model: the predictor's own, or `source` for a compiled one.
+    `texts`, when the caller already has the predictor's plates for `images`, saves a pass over them."""
+    metrics = score(texts, labels) if texts is not None else evaluate(predictor, images, labels, config.eval_batch)
     metrics.update(measure_speed(predictor, config))
     metrics["size_bytes"] = artifact_size(artifact)
     model = source if source is not None else getattr(predictor, "model", None)

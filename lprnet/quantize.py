@@ -121,9 +121,41 @@ def save_quantized(path: str | os.PathLike, float_config: LPRNetConfig, alphabet
     check_calibration(calibration, "calibration")
     payload = {"format": FORMAT, "alphabet": alphabet.name, "config": float_config.to_dict(),
                "method": calibration["method"],
-               "state_dict": {key: value.detach().clone() for key, value in quantized_model.state_dict().items()}}
+               "state_dict": pack_state_dict(quantized_model.state_dict())}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+
+
+# torch.save writes a per-channel quantized tensor with float64 scales and int64 zero points: 16 bytes per output
+# channel next to its int8 weights, which is most of the margin to 30 % on a pruned model. Symmetric weights have
+# zero points of 0, so the file keeps int8 values and float32 scales and rebuilds the quantized tensor on load.
+PACKED = ".packed_int8"
+
+
+def pack_state_dict(state_dict: dict) -> dict:
+    packed = {}
+    for key, value in state_dict.items():
+        value = value.detach()
+        if (isinstance(value, torch.Tensor) and value.is_quantized and value.qscheme() == torch.per_channel_affine
+                and not value.q_per_channel_zero_points().any()):
+            packed[key + PACKED] = value.int_repr().clone()
+            packed[key + PACKED + ".scales"] = value.q_per_channel_scales().float()
+            packed[key + PACKED + ".axis"] = torch.tensor(value.q_per_channel_axis())
+        else:
+            packed[key] = value.clone()
+    return packed
+
+
+def unpack_state_dict(packed: dict) -> dict:
+    state_dict = {}
+    for key, value in packed.items():
+        if key.endswith(PACKED):
+            scales = packed[key + ".scales"].double()
+            state_dict[key[: -len(PACKED)]] = torch._make_per_channel_quantized_tensor(
+                value, scales, torch.zeros(len(scales), dtype=torch.long), int(packed[key + ".axis"]))
+        elif not key.endswith((PACKED + ".scales", PACKED + ".axis")):
+            state_dict[key] = value
+    return state_dict
 
 
 def is_quantized_artifact(path: str | os.PathLike) -> bool:
@@ -153,7 +185,7 @@ def load_quantized(path: str | os.PathLike) -> tuple[torch.fx.GraphModule, Alpha
                          f"{alphabet.num_classes}")
     model = rebuild_graph(config)
     try:
-        model.load_state_dict(payload["state_dict"], strict=True)
+        model.load_state_dict(unpack_state_dict(payload["state_dict"]), strict=True)
     except RuntimeError as error:
         raise ValueError(f"{path}: int8 state dict does not match the rebuilt graph "
                          f"({' '.join(str(error).splitlines()[:2])[:300]})") from None

@@ -62,3 +62,23 @@ def test_empty_folder_and_bad_fractions_are_refused(tmp_path):
     plates(tmp_path / "in", ["AB12345.png"])
     result = run_data_stage(tmp_path, tmp_path / "in", test_fraction=0.9)
     assert result.returncode == 1 and "sum to 1" in result.stderr
+
+
+def test_calibration_and_test_splits_are_disjoint(tmp_path):
+    """Calibration never sees a test image: no file (folder profile) and no image (synthetic) is in both."""
+    import hashlib
+
+    from lprnet.data import load_prepared
+
+    plates(tmp_path / "in", [f"A{i:05d}.png" for i in range(60)])
+    assert run_data_stage(tmp_path, tmp_path / "in").returncode == 0
+    calib, test = (set(load_prepared(tmp_path / "out", split)[1]) for split in ("calib", "test"))
+    assert calib and test and not calib & test
+
+    from lprnet import synth
+
+    symbols = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
+    digests = {split: {hashlib.sha256(image.tobytes()).hexdigest() for image in synth.render_split(0, split, 200,
+                                                                                                  symbols)[0]}
+               for split in ("calib", "test")}
+    assert not digests["calib"] & digests["test"]

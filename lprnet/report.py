@@ -1,0 +1,138 @@
+"""The regenerated report: tables and plots from the metrics files, compared with the notebook study.
+
+Pure functions from metrics dicts to Markdown and figures; no measuring (see the stages) and no file layout beyond
+the metrics file names the stages write.
+"""
+
+from __future__ import annotations
+
+import math
+
+# Figures the notebook study reported (not measured here): the rows our results are compared with.
+STUDY = {
+    "baseline": {"accuracy": 0.899, "latency_ms": 203.9, "onnx_mb": 1.707},
+    "pruned": {"accuracy": 0.899, "latency_ms": 203.9, "onnx_mb": 1.707},
+    "int8": {"accuracy": 0.723, "latency_ms": None, "onnx_mb": None},
+}
+
+# Report row -> (metrics file, benchmark key); accuracy and size come from the stage, latency from the benchmark.
+ROWS = {
+    "PyTorch fp32 baseline": ("baseline", "torch_fp32_baseline"),
+    "PyTorch fp32 pruned": ("prune", "torch_fp32_pruned"),
+    "PyTorch int8": ("quantize", "torch_int8"),
+    "ONNX Runtime fp32": ("onnx-fp32", "ort_fp32"),
+    "ONNX Runtime int8": ("onnx-int8", "ort_int8"),
+    **{f"TVM {step} {precision}": (f"tvm-{step}-{precision}", f"tvm_{step}_{precision}")
+       for step in ("import", "graph", "layout", "tune") for precision in ("fp32", "int8")},
+}
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _mb(value) -> str:
+    return "-" if value is None else f"{value / 1e6:.3f}"
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> set[str]:
+    """Names whose (latency, accuracy) no other point beats on both (lower latency, higher accuracy)."""
+    return {name for name, (latency, accuracy) in points.items()
+            if not any(other_latency <= latency and other_accuracy >= accuracy
+                       and (other_latency, other_accuracy) != (latency, accuracy)
+                       for other_latency, other_accuracy in points.values())}
+
+
+def rows(metrics: dict[str, dict], benchmark: dict) -> list[dict]:
+    """One row per artifact present in both the stage metrics and the benchmark."""
+    table = []
+    for label, (stage, key) in ROWS.items():
+        if stage in metrics and key in benchmark:
+            table.append({"artifact": label, "key": key, "accuracy": metrics[stage].get("accuracy"),
+                          "size_bytes": metrics[stage].get("size_bytes"), **benchmark[key]})
+    return table
+
+
+def study_table(metrics: dict[str, dict], benchmark: dict) -> str:
+    onnx_size = metrics.get("onnx-fp32", {}).get("size_bytes")
+    int8_onnx_size = metrics.get("onnx-int8", {}).get("size_bytes")
+    ours = {
+        "baseline": (metrics.get("baseline", {}).get("accuracy"), benchmark.get("torch_fp32_baseline", {}),
+                     None, metrics.get("baseline", {}).get("size_bytes")),
+        "pruned": (metrics.get("prune", {}).get("accuracy"), benchmark.get("torch_fp32_pruned", {}), onnx_size,
+                   metrics.get("prune", {}).get("size_bytes")),
+        "int8": (metrics.get("quantize", {}).get("accuracy"), benchmark.get("torch_int8", {}), int8_onnx_size,
+                 metrics.get("quantize", {}).get("size_bytes")),
+    }
+    lines = ["| model | study accuracy | ours | study latency (ms) | ours p50 (ms, batch 1, no I/O) | study ONNX (MB) "
+             "| ours ONNX (MB) | ours PyTorch file (MB) |", "|---|---|---|---|---|---|---|---|"]
+    for name, study in STUDY.items():
+        accuracy, speed, onnx_bytes, torch_bytes = ours[name]
+        lines.append(f"| {name} | {_pct(study['accuracy'])} | {_pct(accuracy)} | {_ms(study['latency_ms'])} | "
+                     f"{_ms(speed.get('latency_ms_p50'))} | {'-' if study['onnx_mb'] is None else study['onnx_mb']} "
+                     f"| {_mb(onnx_bytes)} | {_mb(torch_bytes)} |")
+    return "\n".join(lines)
+
+
+def artifact_table(table: list[dict]) -> str:
+    front = pareto_front({row["artifact"]: (row["latency_ms_p50"], row["accuracy"]) for row in table})
+    lines = ["| artifact | accuracy | p50 (ms) | p90 (ms) | images/s | vs baseline | vs ORT fp32 | size (MB) "
+             "| Pareto |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in table:
+        lines.append(f"| {row['artifact']} | {_pct(row['accuracy'])} | {_ms(row['latency_ms_p50'])} | "
+                     f"{_ms(row['latency_ms_p90'])} | {row['throughput_ips']:.0f} | {row['ratio_vs_baseline']:.2f} | "
+                     f"{row['ratio_vs_ort_fp32']:.2f} | {_mb(row['size_bytes'])} | "
+                     f"{'yes' if row['artifact'] in front else ''} |")
+    return "\n".join(lines)
+
+
+def delta_table(current: dict[str, dict], previous: dict[str, dict],
+                keys=("accuracy", "latency_ms_p50", "size_bytes")) -> str:
+    lines = ["| metrics file | key | previous | now | change |", "|---|---|---|---|---|"]
+    for name in sorted(current):
+        for key in keys:
+            now, before = current[name].get(key), previous.get(name, {}).get(key)
+            if isinstance(now, (int, float)) and isinstance(before, (int, float)) and now != before:
+                change = (now - before) / before if before else math.inf
+                lines.append(f"| {name} | {key} | {before:.4g} | {now:.4g} | {change:+.1%} |")
+    return "\n".join(lines) if len(lines) > 2 else "No metric changed since the previous commit."
+
+
+def plot(table: list[dict], path_pareto, path_sizes) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    front = pareto_front({row["artifact"]: (row["latency_ms_p50"], row["accuracy"]) for row in table})
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for row in table:
+        on_front = row["artifact"] in front
+        axes.scatter(row["latency_ms_p50"], 100 * row["accuracy"], color="tab:red" if on_front else "tab:blue",
+                     zorder=3)
+        axes.annotate(row["artifact"], (row["latency_ms_p50"], 100 * row["accuracy"]), fontsize=7,
+                      xytext=(4, 2), textcoords="offset points")
+    front_rows = sorted((r for r in table if r["artifact"] in front), key=lambda r: r["latency_ms_p50"])
+    axes.plot([r["latency_ms_p50"] for r in front_rows], [100 * r["accuracy"] for r in front_rows],
+              color="tab:red", label="Pareto front")
+    axes.set_xscale("log")
+    axes.set_xlabel("batch-1 latency p50, ms (log)")
+    axes.set_ylabel("plate accuracy, %")
+    axes.legend()
+    axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path_pareto, dpi=120, format="png")
+    plt.close(figure)
+
+    figure, axes = plt.subplots(figsize=(8, 4))
+    axes.barh([r["artifact"] for r in table], [r["size_bytes"] / 1e6 for r in table])
+    axes.set_xlabel("artifact size, MB")
+    axes.invert_yaxis()
+    figure.tight_layout()
+    figure.savefig(path_sizes, dpi=120, format="png")
+    plt.close(figure)
