@@ -1,0 +1,347 @@
+"""MetaSchedule tuning of a Relax module whose kernels are already TIR (after the default layout passes), and the
+build that uses the tuned kernels.
+
+`tune` extracts one task per TIR kernel, tunes the tasks that the database folder holds no valid record for
+(evolutionary search, XGBoost cost model, gradient-based task scheduler; every candidate built and timed on this
+machine) and appends the records to MetaSchedule's JSON database in that folder. `apply_database` swaps each kernel
+for its fastest record, so `compile_tvm.build` then compiles the tuned schedules; kernels without a record stay as
+LegalizeOps wrote them. `tuning_curve` reads the database back as (trials, estimated latency) for a plot.
+
+Does not run graph or layout passes (the module is tuned as it comes), does not quantize (an int8 QDQ module is tuned
+like any other: its kernels compute in fp32 between quantize/dequantize), and does not measure the whole model
+(bench.py does).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import tvm
+import tvm_ffi
+from tqdm import tqdm
+from tvm import relax
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+from lprnet import compile_tvm
+from lprnet.io import write_text_atomic
+
+WORKLOAD_FILE = "database_workload.json"  # the names MetaSchedule's JSONDatabase gives its two tables
+RECORD_FILE = "database_tuning_record.json"
+SETTINGS_FILE = "tuning.json"  # what the records were tuned with; a database is only reused for the same
+SETTINGS_FORMAT = 1
+
+MAX_TRIALS_PER_ITERATION = 64  # MetaSchedule's default batch of candidates per task and round
+# A candidate kernel builds in about a second; the limit only stops a build that hangs. The limit counts from the
+# build function's start, after the worker process has imported TVM.
+BUILD_TIMEOUT_S = 30.0
+RUN_TIMEOUT_S = 30.0
+# Each candidate runs for at least 3 x 50 ms (the runner raises `number` until a repeat lasts min_repeat_ms) and
+# MetaSchedule keeps the median of the 3 repeats, which damps other load on the machine.
+EVALUATOR = ms.runner.EvaluatorConfig(number=1, repeat=3, min_repeat_ms=50, enable_cpu_cache_flush=False)
+FAILED_RUN_S = 1e10  # MetaSchedule's run time for a candidate that failed to build or run
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------- target and budget
+
+
+def tuning_target(target: dict, num_cores: int) -> dict:
+    """`target` as `compile_tvm.detect_target` fills it, plus "num-cores" (unless given), which MetaSchedule's CPU
+    rules require: a kernel is parallelised for that many cores. Only llvm (CPU) targets: the builder and runner here
+    build and time kernels on this machine's CPU."""
+    if not isinstance(target, dict) or target.get("kind") != "llvm":
+        raise ValueError(f"target {target!r}: only llvm (CPU) targets can be tuned here")
+    if not isinstance(num_cores, int) or isinstance(num_cores, bool) or num_cores < 1:
+        raise ValueError(f"num_cores must be a positive integer, got {num_cores!r}")
+    filled = compile_tvm.detect_target(target)
+    filled.setdefault("num-cores", num_cores)
+    return filled
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    total: int  # trials for this call: total_trials, or fewer if every task reaches trials_per_task first
+    per_task: int
+    per_iteration: int  # candidates a task gets each time the scheduler picks it
+
+
+def plan_trials(num_tasks: int, total_trials: int, trials_per_task: int) -> TrialPlan:
+    """How `total_trials` is shared among `num_tasks` tasks, none of which gets more than `trials_per_task`.
+
+    The gradient-based scheduler first gives every task one batch of `per_iteration` candidates in turn, then spends
+    the rest of the budget on the tasks whose best latency improves most. A batch of total_trials // num_tasks
+    (at most trials_per_task) makes sure that first round reaches every task before the budget runs out.
+    """
+    for name, value in (("total_trials", total_trials), ("trials_per_task", trials_per_task)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if total_trials < num_tasks:
+        raise ValueError(f"total_trials={total_trials} is less than the {num_tasks} tasks to tune: every task needs "
+                         f"at least one trial")
+    per_iteration = min(trials_per_task, total_trials // num_tasks, MAX_TRIALS_PER_ITERATION)
+    return TrialPlan(total=min(total_trials, num_tasks * trials_per_task), per_task=trials_per_task,
+                     per_iteration=per_iteration)
+
+
+# ------------------------------------------------------------------------------------------------------- database
+
+
+def open_database(folder: str | os.PathLike, create: bool = False) -> ms.database.JSONDatabase:
+    """The JSON database in `folder` (its two files; `create` makes an empty one if they are absent)."""
+    folder = Path(folder)
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        missing = [name for name in (WORKLOAD_FILE, RECORD_FILE) if not (folder / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{folder}: no MetaSchedule database ({', '.join(missing)} absent); run tune first")
+    return ms.database.JSONDatabase(str(folder / WORKLOAD_FILE), str(folder / RECORD_FILE), allow_missing=create)
+
+
+def extract_tasks(mod: tvm.IRModule, target: dict) -> list[ms.ExtractedTask]:
+    """One task per distinct TIR kernel of `mod` (its weight: how often `main` calls it)."""
+    return list(ms.relax_integration.extract_tasks(mod, compile_tvm.parse_target(target)))
+
+
+def untuned_tasks(tasks: Sequence[ms.ExtractedTask], database: ms.Database, target: dict
+                  ) -> list[ms.ExtractedTask]:
+    """The tasks the database has no valid (built and timed) record for."""
+    parsed = compile_tvm.parse_target(target)
+    return [task for task in tasks
+            if database.query_tuning_record(task.dispatched[0], parsed, task.task_name) is None]
+
+
+def _check_settings(folder: Path, settings: dict) -> None:
+    """Refuse a database tuned with other settings: MetaSchedule looks records up by kernel alone, whatever CPU or
+    budget they were tuned with, so reusing them would silently keep the old tuning."""
+    path = folder / SETTINGS_FILE
+    if path.is_file():
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(key for key in set(recorded) | set(settings) if recorded.get(key) != settings.get(key))
+        if changed:
+            described = "; ".join(f"{key}: {recorded.get(key)!r} there, {settings.get(key)!r} now" for key in changed)
+            raise ValueError(f"{folder}: the database was tuned with other settings ({described}); delete the folder "
+                             f"to tune again")
+    elif any((folder / name).is_file() for name in (WORKLOAD_FILE, RECORD_FILE)):
+        raise ValueError(f"{folder}: a MetaSchedule database without {SETTINGS_FILE}; delete the folder to tune again")
+
+
+# --------------------------------------------------------------------------------------------------------- tuning
+
+
+def build_without_tensor_intrinsics(mod: tvm.IRModule, target: tvm.target.Target, _params=None) -> tvm.runtime.Module:
+    """MetaSchedule's default build function minus its `import tvm.s_tir.tensor_intrin`.
+
+    That import registers every tensor intrinsic TVM has and takes 25-40 s, in each builder worker process (the
+    LocalBuilder starts fresh ones for every batch), so with the default 30 s limit every candidate timed out. A
+    candidate only needs the intrinsics while it is scheduled (in this process), not when it is compiled.
+    """
+    from tvm.driver import build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return build(mod, target=target)
+
+
+@derived_object
+class _TrialProgress(PyMeasureCallback):
+    """A progress bar over trials, with the estimated latency (sum over tasks of weight x best kernel time) and
+    the failures so far; keeps the first failure's message."""
+
+    def __init__(self, bar, task_names: list[str], task_weights: list[float]):
+        self.bar = bar
+        self.task_names = task_names
+        self.task_weights = task_weights
+        self.best_s: dict[int, float] = {}
+        self.failures = 0
+        self.first_failure: str | None = None
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
+        for built, ran in zip(builder_results, runner_results):
+            error = built.error_msg or ran.error_msg
+            if error:
+                self.failures += 1
+                self.first_failure = self.first_failure or f"{self.task_names[task_id]}: {error.strip()[:2000]}"
+                continue
+            seconds = sorted(float(s) for s in ran.run_secs)[len(ran.run_secs) // 2]
+            self.best_s[task_id] = min(seconds, self.best_s.get(task_id, math.inf))
+        estimate_ms = sum(self.task_weights[i] * s for i, s in self.best_s.items()) * 1e3
+        self.bar.set_postfix(tasks_timed=f"{len(self.best_s)}/{len(self.task_names)}", kernels_ms=f"{estimate_ms:.2f}",
+                             failed=self.failures, refresh=False)
+        self.bar.update(len(runner_results))
+
+
+@contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
+
+
+@contextmanager
+def _log_folder(log_dir: str | os.PathLike | None) -> Iterator[str]:
+    if log_dir is not None:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        yield str(log_dir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="lprnet-tune-logs-") as folder:
+            yield folder
+
+
+@dataclass(frozen=True)
+class TuningRun:
+    database: ms.Database
+    tasks: int  # tasks in the module
+    tuned_tasks: int  # tasks tuned by this call (0: the database already had a record for every task)
+    trials: int  # candidates built and timed by this call, failures included
+    failed_trials: int
+    seconds: float
+
+
+def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_trials: int, trials_per_task: int, *,
+         seed: int = 0, threads: int | None = None, log_dir: str | os.PathLike | None = None,
+         progress: bool = True) -> TuningRun:
+    """Tune the kernels of `mod` that the database in `work_dir` has no record for, appending to that database.
+
+    `target` is a tuning target (see `tuning_target`); `threads` (default: its num-cores) is how many threads each
+    candidate runs with, and how many processes build candidates. `seed` seeds the search, the task scheduler and the
+    cost model; the outcome still varies with the timings. MetaSchedule's logs (every candidate's TIR and trace) go
+    to `log_dir`, by default a temporary folder removed afterwards; the console shows a progress bar.
+    """
+    start = time.perf_counter()
+    if not isinstance(target, dict) or target.get("kind") != "llvm" or "num-cores" not in target:
+        raise ValueError(f"target {target!r}: expected an llvm target with 'num-cores' (see tune_tvm.tuning_target)")
+    compile_tvm.parse_target(target)  # an unparsable target or an mcpu LLVM does not know fails here, named
+    threads = threads or int(target["num-cores"])
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**31 - 1:
+        raise ValueError(f"seed must be an integer in [0, 2**31 - 1), got {seed!r}")
+    tasks = extract_tasks(mod, target)
+    if not tasks:
+        raise ValueError("the module has no TIR kernels to tune (run the layout passes, with legalize_ops, first)")
+    plan_trials(len(tasks), total_trials, trials_per_task)  # a budget too small for the whole module fails at once
+    work_dir = Path(work_dir)
+    settings = {"format": SETTINGS_FORMAT, "target": target, "total_trials": total_trials,
+                "trials_per_task": trials_per_task, "seed": seed, "tvm_version": tvm.__version__}
+    _check_settings(work_dir, settings)
+    database = open_database(work_dir, create=True)
+    write_text_atomic(work_dir / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
+    todo = untuned_tasks(tasks, database, target)
+    if not todo:
+        if progress:
+            tqdm.write(f"tune: {work_dir} has records for all {len(tasks)} tasks; nothing to tune")
+        return TuningRun(database, len(tasks), 0, 0, 0, time.perf_counter() - start)
+
+    plan = plan_trials(len(todo), total_trials, trials_per_task)
+    records_before = len(database)
+    # MetaSchedule's console handler takes the level its logger has when the loggers are made: keep the console to
+    # warnings (the progress bar shows the rest) and the details in the log files.
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    with _log_folder(log_dir) as logs, _environment("TVM_NUM_THREADS", str(threads)):
+        if progress:
+            # Making the contexts imports tvm.s_tir.tensor_intrin (tens of seconds) before the first trial.
+            tqdm.write(f"tune: {len(todo)} of {len(tasks)} tasks, {plan.total} trials ({plan.per_iteration} per task "
+                       f"and round, at most {plan.per_task} per task); preparing the search spaces")
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            todo, logs, num_threads=threads, seed=seed)
+        # The runner's worker process inherits TVM_NUM_THREADS (set above): without it TVM runs each candidate on
+        # half the CPUs, not on the `threads` the model will run with.
+        runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=EVALUATOR)
+        builder = ms.builder.LocalBuilder(f_build=build_without_tensor_intrinsics, max_workers=threads,
+                                          timeout_sec=BUILD_TIMEOUT_S)
+        try:
+            with tqdm(total=plan.total, desc="tune", unit="trial", disable=not progress, mininterval=2) as bar:
+                tracker = _TrialProgress(bar, [task.task_name for task in todo], [float(w) for w in weights])
+                cost_model = ms.cost_model.XGBModel(
+                    config=ms.cost_model.xgb_model.XGBConfig(seed=seed, nthread=threads), num_tuning_cores=threads)
+                ms.tune_tasks(
+                    tasks=contexts, task_weights=weights, work_dir=logs, max_trials_global=plan.total,
+                    max_trials_per_task=plan.per_task, num_trials_per_iter=plan.per_iteration, builder=builder,
+                    runner=runner, database=database, cost_model=cost_model,
+                    measure_callbacks=[*ms.MeasureCallback.create("default"), tracker],
+                    task_scheduler=ms.task_scheduler.GradientBased(seed=seed))
+        finally:
+            runner.pool.shutdown()
+
+    trials = len(database) - records_before
+    still_untuned = untuned_tasks(todo, database, target)
+    if len(still_untuned) == len(todo):
+        raise RuntimeError(f"tune: all {trials} trials failed; the first failure: {tracker.first_failure}")
+    if still_untuned:
+        logger.warning("tune: no working candidate for %s; these kernels stay untuned",
+                       ", ".join(task.task_name for task in still_untuned))
+    return TuningRun(database, len(tasks), len(todo), trials, tracker.failures, time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------------------------------------- apply
+
+
+def apply_database(mod: tvm.IRModule, target: dict, database_dir: str | os.PathLike) -> tvm.IRModule:
+    """`mod` with every kernel the database has a record for replaced by its fastest schedule (marked
+    tirx.is_scheduled), ready for `compile_tvm.build`."""
+    database = open_database(database_dir)
+    with compile_tvm.parse_target(target), database:
+        # The pass reads the target and the database in force when it is created.
+        return relax.transform.MetaScheduleApplyDatabase()(mod)
+
+
+def count_tuned_kernels(mod: tvm.IRModule) -> int:
+    return sum(isinstance(func, tvm.tirx.PrimFunc) and bool((func.attrs or {}).get("tirx.is_scheduled", False))
+               for func in mod.functions.values())
+
+
+def module_records(database_dir: str | os.PathLike, mod: tvm.IRModule, target: dict) -> list[tuple[int, float]]:
+    """(task index, seconds) of every record of `mod`'s tasks (see `extract_tasks`), in the order the database
+    recorded them; a failed trial has FAILED_RUN_S seconds."""
+    folder = Path(database_dir)
+    open_database(folder)  # the same FileNotFoundError when absent
+    tasks = extract_tasks(mod, target)
+    workloads = [ms.database.Workload.from_json(json.loads(line))
+                 for line in (folder / WORKLOAD_FILE).read_text(encoding="utf-8").splitlines() if line.strip()]
+    # Workload index -> task index, by structural equality (what the database itself matches on).
+    task_of = {}
+    for index, workload in enumerate(workloads):
+        for task_index, task in enumerate(tasks):
+            if tvm_ffi.structural_equal(workload.mod, task.dispatched[0]):
+                task_of[index] = task_index
+                break
+    records = []
+    for line in (folder / RECORD_FILE).read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        workload_index, record = json.loads(line)
+        if workload_index in task_of:  # else another module's kernel
+            run_secs = sorted(float(s) for s in (record[1] or [FAILED_RUN_S]))
+            records.append((task_of[workload_index], run_secs[len(run_secs) // 2]))
+    return records
+
+
+def tuning_curve(database_dir: str | os.PathLike, mod: tvm.IRModule, target: dict) -> list[tuple[int, float]]:
+    """(trials, estimated ms) after each trial of `mod`'s tasks, in the order the database recorded them, from the
+    first trial after which every task has a timed record. The estimate is the sum over tasks of weight x fastest
+    time so far: kernel time only, without the VM's work between kernels."""
+    weights = [int(task.weight) for task in extract_tasks(mod, target)]
+    best = [math.inf] * len(weights)
+    curve = []
+    for trials, (task, seconds) in enumerate(module_records(database_dir, mod, target), start=1):
+        best[task] = min(best[task], seconds if seconds < FAILED_RUN_S else math.inf)
+        if all(b < math.inf for b in best):
+            curve.append((trials, sum(w * b for w, b in zip(weights, best)) * 1e3))
+    return curve

@@ -1,0 +1,90 @@
+"""DVC stage `tvm-tune`: MetaSchedule tuning of the fp32 and int8 modules from tvm-layout-passes with the budget in
+`tune`; the tuned builds are checked against ONNX Runtime and evaluated like the other TVM stages.
+
+The database is its own folder (`--database`), kept between runs (persist in dvc.yaml): kernels it has records for
+are not tuned again, so after an upstream change that keeps the kernels' shapes (new weights, a new calibration) the
+stage only applies the records and builds. A database tuned with another budget, seed or target is refused (delete
+it to tune again). Also writes, per precision, the estimated kernel time against trials (a DVC plot).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from lprnet import compile_tvm, tune_tvm
+from lprnet.artifacts import load_model
+from lprnet.backends import load_predictor
+from lprnet.bench import BenchConfig
+from lprnet.data import load_prepared
+from lprnet.io import atomic_dir, write_json_atomic, write_text_atomic
+from lprnet.metrics import artifact_metrics
+from lprnet.stage import parse_args, read_section, run
+from lprnet.tvm_pipeline import PRECISIONS, TVMParams, check_parity
+
+
+@dataclass(frozen=True)
+class TuneParams:
+    total_trials: int  # per precision, shared among its kernels (tasks); at least one per task
+    trials_per_task: int  # at most this many for any one task
+    seed: int = 0
+
+
+def curve_csv(curve: list[tuple[int, float]]) -> str:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["trials", "estimated_kernels_ms"])
+    writer.writerows((trials, round(ms, 6)) for trials, ms in curve)
+    return text.getvalue()
+
+
+def main() -> None:
+    args = parse_args(__doc__, ["source", "fp32", "int8", "pruned", "data", "database", "out", "metrics_fp32",
+                                "metrics_int8", "curve_fp32", "curve_int8"])
+    params = read_section(args.params, "tune", TuneParams)
+    tvm_params = read_section(args.params, "tvm", TVMParams)
+    bench = read_section(args.params, "bench", BenchConfig)
+    # Kernels are parallelised for, and timed with, the thread count the artifacts are benchmarked with.
+    target = tune_tvm.tuning_target(tvm_params.target, bench.threads)
+    modules = {p: compile_tvm.load_ir(Path(args.source) / f"{p}.json") for p in PRECISIONS}
+    for mod in modules.values():  # a budget too small for either module fails before any tuning
+        tune_tvm.plan_trials(len(tune_tvm.extract_tasks(mod, target)), params.total_trials, params.trials_per_task)
+    onnx_models = {"fp32": args.fp32, "int8": args.int8}
+    source = load_model(args.pruned)[0]
+    images, labels = load_prepared(args.data, "test")
+    metrics, curves = {}, {}
+    with atomic_dir(args.out) as tmp:
+        for precision, mod in modules.items():
+            tuning = tune_tvm.tune(mod, target, args.database, params.total_trials, params.trials_per_task,
+                                   seed=params.seed, threads=bench.threads)
+            tuned = tune_tvm.apply_database(mod, target, args.database)
+            compile_tvm.save_artifact(tmp / precision, compile_tvm.build(tuned, target), tuned, target,
+                                      compile_tvm.module_input_shape(mod), compile_tvm.module_alphabet_name(mod),
+                                      extra={"step": "tvm-tune", "tuning": {
+                                          "total_trials": params.total_trials,
+                                          "trials_per_task": params.trials_per_task, "seed": params.seed,
+                                          "tasks": tuning.tasks, "kernels_tuned": tune_tvm.count_tuned_kernels(tuned)}})
+            predictor = compile_tvm.TVMPredictor(tmp / precision, bench.threads)
+            reference = load_predictor(onnx_models[precision], bench.threads)
+            parity, texts = check_parity(precision, predictor, reference, images, labels, tvm_params,
+                                         f"{Path(args.out) / precision}")
+            metrics[precision] = {
+                **artifact_metrics(predictor, tmp / precision, images, labels, bench, source=source, texts=texts),
+                **parity,
+                # tuning_trials: every trial behind this artifact, also from earlier runs; the _run keys: this run's.
+                "tuning_tasks": tuning.tasks, "tuning_trials": len(tune_tvm.module_records(args.database, mod, target)),
+                "kernels_tuned": tune_tvm.count_tuned_kernels(tuned), "tuning_tasks_run": tuning.tuned_tasks,
+                "tuning_trials_run": tuning.trials, "tuning_failed_trials_run": tuning.failed_trials,
+                "tuning_seconds": round(tuning.seconds, 1),
+            }
+            curves[precision] = tune_tvm.tuning_curve(args.database, mod, target)
+    write_json_atomic(args.metrics_fp32, metrics["fp32"])
+    write_json_atomic(args.metrics_int8, metrics["int8"])
+    write_text_atomic(args.curve_fp32, curve_csv(curves["fp32"]))
+    write_text_atomic(args.curve_int8, curve_csv(curves["int8"]))
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,162 @@
+"""MetaSchedule tuning (lprnet.tune_tvm) on one small convolution: the database, the tuned build against the untuned
+one, reuse of a complete database, the trial plan, and the errors for a bad target, budget or database.
+
+The module is tuned once per test module with 6 trials (about a minute on 2 cores, most of it MetaSchedule importing
+its tensor intrinsics and searching the convolution's schedules); the error tests fail before any tuning.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+pytest.importorskip("cloudpickle", reason="MetaSchedule's builder and runner processes need cloudpickle")
+pytest.importorskip("xgboost", reason="MetaSchedule's default cost model needs xgboost")
+
+from tvm import relax  # noqa: E402  (after the importorskip, which must run first)
+
+from lprnet import compile_tvm, tune_tvm  # noqa: E402
+
+INPUT_SHAPE = (1, 8, 12, 16)  # NCHW, so the layout passes add NCHW <-> NHWC transposes: 3 tasks
+TOTAL_TRIALS, TRIALS_PER_TASK = 6, 2
+TARGET = tune_tvm.tuning_target({"kind": "llvm"}, num_cores=2)
+
+
+def conv_module() -> tvm.IRModule:
+    """conv2d (16 filters, 3x3, padding 1) + relu after the default layout passes: fused NHWC kernels."""
+    weight = np.random.default_rng(0).standard_normal((16, INPUT_SHAPE[1], 3, 3)).astype(np.float32)
+    builder = relax.BlockBuilder()
+    images = relax.Var("x", relax.TensorType(INPUT_SHAPE, "float32"))
+    with builder.function("main", [images]):
+        with builder.dataflow():
+            output = builder.emit_output(relax.op.nn.relu(relax.op.nn.conv2d(images, relax.const(weight), padding=1)))
+        builder.emit_func_output(output)
+    return compile_tvm.apply_passes(builder.get(), compile_tvm.DEFAULT_LAYOUT_PASSES, compile_tvm.LAYOUT_PASSES,
+                                    layout="NHWC")
+
+
+@pytest.fixture(scope="module")
+def module() -> tvm.IRModule:
+    return conv_module()
+
+
+@pytest.fixture(scope="module")
+def tuned(module, tmp_path_factory):
+    """(database folder, TuningRun) of the one real tuning in this file."""
+    folder = tmp_path_factory.mktemp("tune") / "database"
+    run = tune_tvm.tune(module, TARGET, folder, TOTAL_TRIALS, TRIALS_PER_TASK, seed=0, progress=False)
+    return folder, run
+
+
+def run_vm(mod: tvm.IRModule, images: np.ndarray) -> np.ndarray:
+    vm = relax.VirtualMachine(compile_tvm.build(mod, TARGET), tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(images)).numpy()
+
+
+def test_tuning_writes_the_database_and_gives_every_task_trials(tuned, module):
+    folder, run = tuned
+    for name in (tune_tvm.WORKLOAD_FILE, tune_tvm.RECORD_FILE, tune_tvm.SETTINGS_FILE):
+        assert (folder / name).stat().st_size > 0
+    assert run.tasks == run.tuned_tasks == 3
+    assert TOTAL_TRIALS <= run.trials < TOTAL_TRIALS + TRIALS_PER_TASK  # a last batch may overshoot the budget
+    assert len(run.database) == run.trials
+    assert tune_tvm.untuned_tasks(tune_tvm.extract_tasks(module, TARGET), run.database, TARGET) == []
+    records = tune_tvm.module_records(folder, module, TARGET)
+    assert len(records) == run.trials and {task for task, _ in records} == {0, 1, 2}
+    settings = json.loads((folder / tune_tvm.SETTINGS_FILE).read_text())
+    assert settings["target"] == TARGET and settings["total_trials"] == TOTAL_TRIALS and settings["seed"] == 0
+
+
+def test_the_tuned_build_matches_the_untuned_one(tuned, module):
+    folder, _ = tuned
+    scheduled = tune_tvm.apply_database(module, TARGET, folder)
+    assert tune_tvm.count_tuned_kernels(module) == 0
+    assert tune_tvm.count_tuned_kernels(scheduled) == 3
+    images = np.random.default_rng(1).standard_normal(INPUT_SHAPE).astype(np.float32)
+    np.testing.assert_allclose(run_vm(scheduled, images), run_vm(module, images), atol=1e-3, rtol=0)
+
+
+def test_a_database_with_every_task_is_reused_without_tuning(tuned, module, monkeypatch):
+    folder, first = tuned
+    records = (folder / tune_tvm.RECORD_FILE).read_text()
+
+    def refuse(**kwargs):
+        raise AssertionError("tuned again")
+
+    monkeypatch.setattr(tune_tvm.ms, "tune_tasks", refuse)
+    start = time.perf_counter()
+    again = tune_tvm.tune(module, TARGET, folder, TOTAL_TRIALS, TRIALS_PER_TASK, seed=0, progress=False)
+    assert time.perf_counter() - start < 10
+    assert (again.tasks, again.tuned_tasks, again.trials) == (3, 0, 0)
+    assert (folder / tune_tvm.RECORD_FILE).read_text() == records
+
+
+def test_the_curve_starts_once_every_task_is_timed_and_never_rises(tuned, module):
+    folder, run = tuned
+    curve = tune_tvm.tuning_curve(folder, module, TARGET)
+    assert curve and curve[-1][0] == run.trials and curve[0][0] >= 3
+    estimates = [ms for _, ms in curve]
+    assert all(0 < later <= earlier for earlier, later in zip(estimates, estimates[1:]))
+
+
+def test_a_database_tuned_with_other_settings_is_refused(tuned, module):
+    folder, _ = tuned
+    with pytest.raises(ValueError, match="seed: 0 there, 1 now"):
+        tune_tvm.tune(module, TARGET, folder, TOTAL_TRIALS, TRIALS_PER_TASK, seed=1, progress=False)
+
+
+@pytest.mark.parametrize("total, per_task, match", [
+    (0, 2, "total_trials must be a positive integer, got 0"),
+    (6, 0, "trials_per_task must be a positive integer, got 0"),
+    (6, 2.5, "trials_per_task must be a positive integer"),
+    (2, 2, "total_trials=2 is less than the 3 tasks"),
+])
+def test_a_bad_budget_is_refused_before_tuning(module, tmp_path, total, per_task, match):
+    with pytest.raises(ValueError, match=match):
+        tune_tvm.tune(module, TARGET, tmp_path / "database", total, per_task, progress=False)
+    assert not (tmp_path / "database").exists()
+
+
+@pytest.mark.parametrize("target, match", [
+    ({"kind": "llvm", "mcpu": "no-such-cpu", "num-cores": 2}, "no-such-cpu"),
+    ({"kind": "llvm"}, "num-cores"),
+    ({"kind": "c", "num-cores": 2}, "'kind': 'c'.*expected an llvm target"),
+])
+def test_a_bad_target_is_refused_before_tuning(module, tmp_path, target, match):
+    with pytest.raises(ValueError, match=match):
+        tune_tvm.tune(module, target, tmp_path / "database", TOTAL_TRIALS, TRIALS_PER_TASK, progress=False)
+
+
+@pytest.mark.parametrize("target, num_cores, match", [
+    ({"kind": "cuda"}, 2, "only llvm"),
+    ({"kind": "llvm", "mcpu": "no-such-cpu"}, 2, "no-such-cpu"),
+    ({"kind": "llvm"}, 0, "num_cores"),
+])
+def test_tuning_target_names_what_is_wrong(target, num_cores, match):
+    with pytest.raises(ValueError, match=match):
+        tune_tvm.tuning_target(target, num_cores)
+
+
+def test_tuning_target_fills_in_the_cpu_and_cores():
+    filled = tune_tvm.tuning_target({"kind": "llvm"}, 3)
+    assert filled["mcpu"] == str(tvm.target.codegen.llvm_get_system_cpu()) and filled["num-cores"] == 3
+    assert tune_tvm.tuning_target({"kind": "llvm", "num-cores": 1}, 3)["num-cores"] == 1
+
+
+@pytest.mark.parametrize("tasks, total, per_task, expected", [
+    (29, 64, 32, tune_tvm.TrialPlan(total=64, per_task=32, per_iteration=2)),  # every task reached in round one
+    (29, 256, 32, tune_tvm.TrialPlan(total=256, per_task=32, per_iteration=8)),
+    (29, 5000, 32, tune_tvm.TrialPlan(total=928, per_task=32, per_iteration=32)),  # capped by trials_per_task
+    (1, 1000, 500, tune_tvm.TrialPlan(total=500, per_task=500, per_iteration=tune_tvm.MAX_TRIALS_PER_ITERATION)),
+])
+def test_the_trial_plan_shares_the_budget(tasks, total, per_task, expected):
+    assert tune_tvm.plan_trials(tasks, total, per_task) == expected
+
+
+def test_applying_a_missing_database_names_the_folder(module, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no MetaSchedule database"):
+        tune_tvm.apply_database(module, TARGET, tmp_path / "absent")
