@@ -49,7 +49,10 @@ def main() -> None:
     # Kernels are parallelised for, and timed with, the thread count the artifacts are benchmarked with.
     target = tune_tvm.tuning_target(tvm_params.target, bench.threads)
     modules = {p: compile_tvm.load_ir(Path(args.source) / f"{p}.json") for p in PRECISIONS}
-    for mod in modules.values():  # a budget too small for either module fails before any tuning
+    # total_trials 0 skips MetaSchedule and builds the layout-passed module as it is: the end-to-end tests use it
+    # to run this stage's artifact, parity and metrics quickly; the tuning itself is tested in test_tune_tvm.py.
+    tuning_enabled = params.total_trials != 0
+    for mod in modules.values() if tuning_enabled else ():  # a budget too small fails before any tuning
         tune_tvm.plan_trials(len(tune_tvm.extract_tasks(mod, target)), params.total_trials, params.trials_per_task)
     onnx_models = {"fp32": args.fp32, "int8": args.int8}
     source = load_model(args.pruned)[0]
@@ -57,9 +60,14 @@ def main() -> None:
     metrics, curves = {}, {}
     with atomic_dir(args.out) as tmp:
         for precision, mod in modules.items():
-            tuning = tune_tvm.tune(mod, target, args.database, params.total_trials, params.trials_per_task,
-                                   seed=params.seed, threads=bench.threads)
-            tuned = tune_tvm.apply_database(mod, target, args.database)
+            if not tuning_enabled:
+                Path(args.database).mkdir(parents=True, exist_ok=True)
+                tuning, tuned = tune_tvm.TuningRun(database=None, tasks=0, tuned_tasks=0, trials=0, failed_trials=0,
+                                                   seconds=0.0), mod
+            else:
+                tuning = tune_tvm.tune(mod, target, args.database, params.total_trials, params.trials_per_task,
+                                       seed=params.seed, threads=bench.threads)
+                tuned = tune_tvm.apply_database(mod, target, args.database)
             compile_tvm.save_artifact(tmp / precision, compile_tvm.build(tuned, target), tuned, target,
                                       compile_tvm.module_input_shape(mod), compile_tvm.module_alphabet_name(mod),
                                       extra={"step": "tvm-tune", "tuning": {
@@ -74,12 +82,13 @@ def main() -> None:
                 **artifact_metrics(predictor, tmp / precision, images, labels, bench, source=source, texts=texts),
                 **parity,
                 # tuning_trials: every trial behind this artifact, also from earlier runs; the _run keys: this run's.
-                "tuning_tasks": tuning.tasks, "tuning_trials": len(tune_tvm.module_records(args.database, mod, target)),
+                "tuning_tasks": tuning.tasks,
+                "tuning_trials": len(tune_tvm.module_records(args.database, mod, target)) if tuning_enabled else 0,
                 "kernels_tuned": tune_tvm.count_tuned_kernels(tuned), "tuning_tasks_run": tuning.tuned_tasks,
                 "tuning_trials_run": tuning.trials, "tuning_failed_trials_run": tuning.failed_trials,
                 "tuning_seconds": round(tuning.seconds, 1),
             }
-            curves[precision] = tune_tvm.tuning_curve(args.database, mod, target)
+            curves[precision] = tune_tvm.tuning_curve(args.database, mod, target) if tuning_enabled else []
     write_json_atomic(args.metrics_fp32, metrics["fp32"])
     write_json_atomic(args.metrics_int8, metrics["int8"])
     write_text_atomic(args.curve_fp32, curve_csv(curves["fp32"]))
