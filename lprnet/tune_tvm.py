@@ -31,6 +31,7 @@ from tqdm import tqdm
 from tvm import relax
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.builder import PyBuilder
 from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
 from lprnet import compile_tvm
@@ -117,10 +118,32 @@ def extract_tasks(mod: tvm.IRModule, target: dict) -> list[ms.ExtractedTask]:
 
 def untuned_tasks(tasks: Sequence[ms.ExtractedTask], database: ms.Database, target: dict
                   ) -> list[ms.ExtractedTask]:
-    """The tasks the database has no valid (built and timed) record for."""
+    """The tasks the database has no valid (built and timed) record for: their kernels stay untuned."""
     parsed = compile_tvm.parse_target(target)
     return [task for task in tasks
             if database.query_tuning_record(task.dispatched[0], parsed, task.task_name) is None]
+
+
+def recorded_trials(tasks: Sequence[ms.ExtractedTask], database: ms.Database) -> list[int]:
+    """How many trials the database holds for each task, failed ones included."""
+    records = database.get_all_tuning_records()
+    counts = []
+    for task in tasks:
+        if not database.has_workload(task.dispatched[0]):
+            counts.append(0)
+            continue
+        workload = database.commit_workload(task.dispatched[0])  # the stored one: committing it again adds nothing
+        counts.append(sum(record.workload.same_as(workload) for record in records))
+    return counts
+
+
+def tasks_to_tune(tasks: Sequence[ms.ExtractedTask], database: ms.Database, target: dict) -> list[ms.ExtractedTask]:
+    """The tasks the database holds no trial for, or all of them if none has a valid record (the run that recorded
+    the trials failed as a whole, e.g. every build timed out). A task whose every trial failed counts as tried, so a
+    re-run does not retry it: its kernel cannot be timed here (e.g. `take`, see `tune`) and stays untuned."""
+    if len(untuned_tasks(tasks, database, target)) == len(tasks):
+        return list(tasks)
+    return [task for task, count in zip(tasks, recorded_trials(tasks, database)) if count == 0]
 
 
 def _check_settings(folder: Path, settings: dict) -> None:
@@ -156,9 +179,27 @@ def build_without_tensor_intrinsics(mod: tvm.IRModule, target: tvm.target.Target
 
 
 @derived_object
-class _TrialProgress(PyMeasureCallback):
-    """A progress bar over trials, with the estimated latency (sum over tasks of weight x best kernel time) and
-    the failures so far; keeps the first failure's message."""
+class _CountingBuilder(PyBuilder):
+    """A builder that advances the progress bar by each batch it builds (the runner times the batch right after).
+
+    Counted here because the scheduler hands results to the measure callbacks only once every task has had its
+    first batch: with 29 tasks the bar would stand still for minutes."""
+
+    def __init__(self, builder: ms.Builder, bar):
+        super().__init__()
+        self.builder = builder
+        self.bar = bar
+
+    def build(self, build_inputs):
+        results = self.builder.build(build_inputs)
+        self.bar.update(len(build_inputs))
+        return results
+
+
+@derived_object
+class _TrialResults(PyMeasureCallback):
+    """Shows the estimated kernel time (sum over tasks of weight x fastest time) and the failures on the progress
+    bar as results come in; keeps the first failure's message."""
 
     def __init__(self, bar, task_names: list[str], task_weights: list[float]):
         self.bar = bar
@@ -178,9 +219,9 @@ class _TrialProgress(PyMeasureCallback):
             seconds = sorted(float(s) for s in ran.run_secs)[len(ran.run_secs) // 2]
             self.best_s[task_id] = min(seconds, self.best_s.get(task_id, math.inf))
         estimate_ms = sum(self.task_weights[i] * s for i, s in self.best_s.items()) * 1e3
+        # refresh=False: shown with the next count, not as one more line per task in a log file.
         self.bar.set_postfix(tasks_timed=f"{len(self.best_s)}/{len(self.task_names)}", kernels_ms=f"{estimate_ms:.2f}",
                              failed=self.failures, refresh=False)
-        self.bar.update(len(runner_results))
 
 
 @contextmanager
@@ -219,7 +260,8 @@ class TuningRun:
 def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_trials: int, trials_per_task: int, *,
          seed: int = 0, threads: int | None = None, log_dir: str | os.PathLike | None = None,
          progress: bool = True) -> TuningRun:
-    """Tune the kernels of `mod` that the database in `work_dir` has no record for, appending to that database.
+    """Tune the kernels of `mod` that the database in `work_dir` has no trial for (see `tasks_to_tune`), appending
+    to that database; kernels none of whose trials worked stay untuned, with a warning.
 
     `target` is a tuning target (see `tuning_target`); `threads` (default: its num-cores) is how many threads each
     candidate runs with, and how many processes build candidates. `seed` seeds the search, the task scheduler and the
@@ -243,7 +285,7 @@ def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_tri
     _check_settings(work_dir, settings)
     database = open_database(work_dir, create=True)
     write_text_atomic(work_dir / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
-    todo = untuned_tasks(tasks, database, target)
+    todo = tasks_to_tune(tasks, database, target)
     if not todo:
         if progress:
             tqdm.write(f"tune: {work_dir} has records for all {len(tasks)} tasks; nothing to tune")
@@ -264,11 +306,11 @@ def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_tri
         # The runner's worker process inherits TVM_NUM_THREADS (set above): without it TVM runs each candidate on
         # half the CPUs, not on the `threads` the model will run with.
         runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=EVALUATOR)
-        builder = ms.builder.LocalBuilder(f_build=build_without_tensor_intrinsics, max_workers=threads,
-                                          timeout_sec=BUILD_TIMEOUT_S)
         try:
             with tqdm(total=plan.total, desc="tune", unit="trial", disable=not progress, mininterval=2) as bar:
-                tracker = _TrialProgress(bar, [task.task_name for task in todo], [float(w) for w in weights])
+                builder = _CountingBuilder(ms.builder.LocalBuilder(
+                    f_build=build_without_tensor_intrinsics, max_workers=threads, timeout_sec=BUILD_TIMEOUT_S), bar)
+                tracker = _TrialResults(bar, [task.task_name for task in todo], [float(w) for w in weights])
                 cost_model = ms.cost_model.XGBModel(
                     config=ms.cost_model.xgb_model.XGBConfig(seed=seed, nthread=threads), num_tuning_cores=threads)
                 ms.tune_tasks(
@@ -282,8 +324,11 @@ def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_tri
 
     trials = len(database) - records_before
     still_untuned = untuned_tasks(todo, database, target)
-    if len(still_untuned) == len(todo):
+    if len(untuned_tasks(tasks, database, target)) == len(tasks):  # not one kernel of the module could be timed
         raise RuntimeError(f"tune: all {trials} trials failed; the first failure: {tracker.first_failure}")
+    if tracker.failures:
+        logger.warning("tune: %d of %d trials failed to build or run; the first: %s", tracker.failures, trials,
+                       tracker.first_failure)
     if still_untuned:
         logger.warning("tune: no working candidate for %s; these kernels stay untuned",
                        ", ".join(task.task_name for task in still_untuned))

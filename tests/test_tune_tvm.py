@@ -8,6 +8,7 @@ its tensor intrinsics and searching the convolution's schedules); the error test
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import numpy as np
@@ -93,6 +94,32 @@ def test_a_database_with_every_task_is_reused_without_tuning(tuned, module, monk
     assert time.perf_counter() - start < 10
     assert (again.tasks, again.tuned_tasks, again.trials) == (3, 0, 0)
     assert (folder / tune_tvm.RECORD_FILE).read_text() == records
+
+
+def copy_with_failures(folder, copy, failed) -> tvm.s_tir.meta_schedule.Database:
+    """A copy of the database in `folder` whose records of the workloads `failed(index)` picks are failures."""
+    copy.mkdir()
+    shutil.copy(folder / tune_tvm.WORKLOAD_FILE, copy / tune_tvm.WORKLOAD_FILE)
+    lines = []
+    for line in (folder / tune_tvm.RECORD_FILE).read_text().splitlines():
+        workload_index, record = json.loads(line)
+        if failed(workload_index):
+            record[1] = [tune_tvm.FAILED_RUN_S]  # run_secs, as MetaSchedule records a failed trial
+        lines.append(json.dumps([workload_index, record]))
+    (copy / tune_tvm.RECORD_FILE).write_text("\n".join(lines) + "\n")
+    return tune_tvm.open_database(copy)
+
+
+def test_a_kernel_whose_trials_all_failed_is_not_tuned_again(tuned, module, tmp_path):
+    folder, _ = tuned
+    tasks = tune_tvm.extract_tasks(module, TARGET)
+    one_failed = copy_with_failures(folder, tmp_path / "one", lambda index: index == 0)
+    assert len(tune_tvm.untuned_tasks(tasks, one_failed, TARGET)) == 1  # it stays untuned ...
+    assert tune_tvm.tasks_to_tune(tasks, one_failed, TARGET) == []  # ... and a re-run does not retry it
+    assert sum(tune_tvm.recorded_trials(tasks, one_failed)) == len(one_failed)
+    # Every trial failed: that run failed as a whole, so a re-run tunes every task again.
+    all_failed = copy_with_failures(folder, tmp_path / "all", lambda index: True)
+    assert len(tune_tvm.tasks_to_tune(tasks, all_failed, TARGET)) == len(tasks)
 
 
 def test_the_curve_starts_once_every_task_is_timed_and_never_rises(tuned, module):
