@@ -1,17 +1,37 @@
 """Atomic file writes: every artifact and metrics file appears whole or not at all.
 
-A stage killed mid-write leaves the previous file (or none), never a truncated one. Does not decide what to
-write (see metrics.py, artifacts.py).
+A stage killed mid-write leaves the previous file (or none), never a truncated one; the temporary file it leaves
+beside it is removed by the next write of the same path. Does not decide what to write (see metrics.py, artifacts.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def leftovers(path: str | os.PathLike) -> list[Path]:
+    """The temporary files and folders that writes of `path` killed before their rename left beside it."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    # The names tempfile gives them below: ".NAME." + 8 random characters + suffix.
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.(tmp|old)")
+    return sorted(p for p in path.parent.iterdir() if pattern.fullmatch(p.name))
+
+
+def remove_leftovers(path: str | os.PathLike) -> None:
+    """Remove what a killed write of `path` left (a stage is the only writer of its outputs, so none is live)."""
+    for leftover in leftovers(path):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -19,6 +39,7 @@ def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -27,6 +48,20 @@ def atomic_path(path: str | os.PathLike):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def save_torch_atomic(path: str | os.PathLike, obj) -> None:
+    """torch.save to `path`, atomically. torch.save names the archive's top folder after the file it writes, here
+    a random temporary name; through a file object it is always "archive", so equal content gives equal bytes."""
+    import torch  # here, not at the top: the rest of this module is needed by stages that never load torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        torch.save(obj, file)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -43,6 +78,7 @@ def atomic_dir(path: str | os.PathLike):
     """Yield a temporary folder beside `path`; it replaces `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     umask = os.umask(0)
     os.umask(umask)

@@ -35,7 +35,7 @@ from tvm.s_tir.meta_schedule.builder import PyBuilder
 from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
 from lprnet import compile_tvm
-from lprnet.io import write_text_atomic
+from lprnet.io import write_bytes_atomic, write_text_atomic
 
 WORKLOAD_FILE = "database_workload.json"  # the names MetaSchedule's JSONDatabase gives its two tables
 RECORD_FILE = "database_tuning_record.json"
@@ -108,7 +108,22 @@ def open_database(folder: str | os.PathLike, create: bool = False) -> ms.databas
         missing = [name for name in (WORKLOAD_FILE, RECORD_FILE) if not (folder / name).is_file()]
         if missing:
             raise FileNotFoundError(f"{folder}: no MetaSchedule database ({', '.join(missing)} absent); run tune first")
+    for name in (WORKLOAD_FILE, RECORD_FILE):
+        _drop_partial_last_line(folder / name)
     return ms.database.JSONDatabase(str(folder / WORKLOAD_FILE), str(folder / RECORD_FILE), allow_missing=create)
+
+
+def _drop_partial_last_line(path: Path) -> None:
+    """MetaSchedule appends one JSON line per workload and per trial, in place (it cannot write them atomically):
+    a run killed mid-append leaves a line without its newline, which the next load would fail on. Drop it: the
+    trial is simply not recorded."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        complete = data[:data.rfind(b"\n") + 1]
+        logger.warning("%s: dropping a partly written last line (a tuning run was interrupted)", path)
+        write_bytes_atomic(path, complete)
 
 
 def extract_tasks(mod: tvm.IRModule, target: dict) -> list[ms.ExtractedTask]:
