@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from lprnet.alphabet import Alphabet, alphabet_for_classes, get_alphabet
-from lprnet.io import atomic_path
+from lprnet.io import save_torch_atomic
 from lprnet.model import LPRNet, LPRNetConfig
 
 FORMAT = "lprnet-pipeline-torch/1"
@@ -47,8 +47,7 @@ def save_model(path: str | os.PathLike, model: LPRNet, alphabet: Alphabet) -> No
                          f"{alphabet.num_classes}")
     payload = {"format": FORMAT, "alphabet": alphabet.name, "config": model.config.to_dict(),
                "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch_atomic(path, payload)
 
 
 def load_model(path: str | os.PathLike, alphabet: Alphabet | None = None) -> tuple[LPRNet, Alphabet]:

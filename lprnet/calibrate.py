@@ -28,7 +28,7 @@ from torch.ao.quantization.observer import HistogramObserver, PerChannelMinMaxOb
 from torch.ao.quantization.quantize_fx import prepare_fx
 
 from lprnet.data import to_network_input
-from lprnet.io import atomic_path
+from lprnet.io import save_torch_atomic
 from lprnet.model import INPUT_HEIGHT, INPUT_WIDTH, LPRNet
 
 FORMAT = "lprnet-calibration/1"
@@ -268,8 +268,7 @@ def calibrate(model: LPRNet, images: np.ndarray, method: str, batch_size: int = 
 
 def save_calibration(path: str | os.PathLike, calibration: dict) -> None:
     check_calibration(calibration, path)
-    with atomic_path(path) as tmp:
-        torch.save(calibration, tmp)
+    save_torch_atomic(path, calibration)
 
 
 def load_calibration(path: str | os.PathLike) -> dict:

@@ -35,7 +35,7 @@ from lprnet.calibrate import (
     prepare_observed,
     quiet_torch_ao,
 )
-from lprnet.io import atomic_path
+from lprnet.io import save_torch_atomic
 from lprnet.model import INPUT_HEIGHT, INPUT_WIDTH, LPRNet, LPRNetConfig
 
 FORMAT = "lprnet-pipeline-int8/1"
@@ -122,8 +122,7 @@ def save_quantized(path: str | os.PathLike, float_config: LPRNetConfig, alphabet
     payload = {"format": FORMAT, "alphabet": alphabet.name, "config": float_config.to_dict(),
                "method": calibration["method"],
                "state_dict": pack_state_dict(quantized_model.state_dict())}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch_atomic(path, payload)
 
 
 # torch.save writes a per-channel quantized tensor with float64 scales and int64 zero points: 16 bytes per output

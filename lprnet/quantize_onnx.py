@@ -21,7 +21,7 @@ from onnxruntime.quantization import (
     QuantType,
     quantize_static,
 )
-from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, save_tensors_data
 
 from lprnet.data import to_network_input
 from lprnet.io import atomic_path
@@ -69,6 +69,9 @@ def calibrate_onnx(fp32_path: str | os.PathLike, images: np.ndarray, method: str
                                        extra_options={"percentile": percentile, "symmetric": False})
         calibrator.collect_data(ImageBatches(images, input_name))
         ranges = calibrator.compute_data()
+    # compute_data's order follows a set of tensor names (it varies with Python's hash seed); sorted, equal ranges
+    # give an equal file.
+    ranges = TensorsData(ranges.calibration_method, {name: ranges[name] for name in sorted(ranges.data)})
     with atomic_path(cache_path) as tmp:
         save_tensors_data(ranges, tmp)
 

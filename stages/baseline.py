@@ -10,6 +10,8 @@ import csv
 import io
 from dataclasses import dataclass
 
+import torch
+
 from lprnet.artifacts import load_model, save_model
 from lprnet.backends import TorchPredictor
 from lprnet.bench import BenchConfig
@@ -45,6 +47,7 @@ def main() -> None:
     if params.weights:
         model, alphabet = load_model(params.weights, alphabet)
     else:
+        torch.manual_seed(params.seed)  # the initial weights too: two runs with the same params give the same model
         model = LPRNet(LPRNetConfig(num_classes=alphabet.num_classes, dropout=params.dropout))
         config = TrainConfig(epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
                              weight_decay=params.weight_decay, eval_every=params.eval_every,
