@@ -1,10 +1,11 @@
 """DVC stage `benchmark`: every artifact of the pipeline side by side in one process.
 
-Batch-1 latency is measured interleaved (A B C ... A B C ..., after warm-up, the same thread count for every
-runtime), with p50 and p90, then throughput at `bench.throughput_batch`. Each artifact's p50 is divided by the
-baseline's (PyTorch fp32) and by ONNX Runtime fp32's on the same (pruned) model; ONNX Runtime fp32 of the unpruned
-baseline is measured too, as the reference the study used. Accuracy is not re-measured: the report joins each
-artifact with its stage's metrics. Writes metrics/benchmark.json and reports/benchmark.csv (a DVC plot).
+Batch-1 latency is measured interleaved in turns (A B C ... A B C ..., each turn after settling calls, see
+bench.interleaved_latency; after warm-up, the same thread count for every runtime), with p50 and p90, then
+throughput at `bench.throughput_batch`. Each artifact's p50 is divided by the baseline's (PyTorch fp32) and by ONNX
+Runtime fp32's on the same (pruned) model; ONNX Runtime fp32 of the unpruned baseline is measured too, as the
+reference the study used. Accuracy is not re-measured: the report joins each artifact with its stage's metrics.
+Writes metrics/benchmark.json and reports/benchmark.csv (a DVC plot).
 """
 
 from __future__ import annotations
