@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,8 @@ TINY = {
     "baseline": {"epochs": 1.0, "batch_size": 16, "eval_every": 3},
     "bench": {"runs": 5, "warmup": 1, "throughput_runs": 2, "throughput_batch": 4},
     "prune": {"finetune_steps": 2, "batch_size": 8},
-    "quantize": {"max_accuracy_drop": 1.0},  # an untrained model's accuracy is noise
+    "quantize": {"max_accuracy_drop": 1.0,  # an untrained model's accuracy is noise
+                 "qat_steps": 2, "qat_batch_size": 8},
     "export_onnx": {"int8_min_agreement": 0.0},
     "tvm": {"int8_max_accuracy_drop": 1.0},
     "tune": {"total_trials": 0},  # no MetaSchedule here: tests/test_tune_tvm.py tunes a small module
@@ -29,19 +32,20 @@ TINY = {
 pytestmark = pytest.mark.e2e
 
 
+DVC = [sys.executable, "-m", "dvc"]
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+       "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+       "GIT_COMMITTER_EMAIL": "t@t"}
+
+
 def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    result = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """A git + DVC copy of the project with tiny params, after one full `dvc repro`."""
-    root = tmp_path_factory.mktemp("repo") / "lprnet"
+def tiny_copy(root: Path) -> Path:
+    """A git repo at `root` with the project's files, tiny params and no results."""
     shutil.copytree(REPO, root, ignore=COPY_IGNORE)
     params = yaml.safe_load((root / "params.yaml").read_text())
     for section, values in TINY.items():
@@ -52,7 +56,14 @@ def repo(tmp_path_factory) -> Path:
     run(["git", "init", "-q", "-b", "main"], root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-q", "-m", "tiny"], root)
-    run([sys.executable, "-m", "dvc", "repro"], root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A git + DVC copy of the project with tiny params, after one full `dvc repro`."""
+    root = tiny_copy(tmp_path_factory.mktemp("repo") / "lprnet")
+    run([*DVC, "repro"], root)
     return root
 
 
@@ -65,37 +76,127 @@ def test_repro_writes_artifacts_metrics_and_plots(repo):
         assert key in baseline, key
     assert baseline["size_bytes"] == (repo / "models/baseline.pt").stat().st_size
     assert baseline["latency_ms_p50"] <= baseline["latency_ms_p90"]
+    quantize = json.loads((repo / "metrics/quantize.json").read_text())
+    assert quantize["qat_steps"] == 2 and quantize["qat_gain_vs_ptq"] == quantize["accuracy"] - quantize["ptq_accuracy"]
     curve = (repo / "reports/baseline_curve.csv").read_text().splitlines()
     assert curve[0].startswith("step,") and len(curve) > 2
-    plots = run([sys.executable, "-m", "dvc", "plots", "show", "--json"], repo)
+    plots = run([*DVC, "plots", "show", "--json"], repo)
     assert "baseline_curve.csv" in plots.stdout
 
 
+# Stages whose artifacts depend on time measured while they run: MetaSchedule keeps the fastest schedule it timed
+# (with tune.total_trials 0, as here, tvm-tune only builds and is deterministic), and benchmark and report are
+# timings. Every metrics file's latency and throughput keys are timings too.
+TIMED_STAGES = {"benchmark", "report"}
+TIMING_KEYS = ("latency", "throughput_ips", "seconds")
+
+
+def untimed_metrics(path: Path) -> dict:
+    return {k: v for k, v in json.loads(path.read_text()).items() if not any(t in k for t in TIMING_KEYS)}
+
+
+def test_two_from_scratch_runs_give_identical_artifacts_and_accuracy(repo, tmp_path):
+    second = tiny_copy(tmp_path / "lprnet")
+    run([*DVC, "repro", "tvm-tune"], second)  # every stage but the timed ones
+    locks = [yaml.safe_load((root / "dvc.lock").read_text())["stages"] for root in (repo, second)]
+    assert set(locks[1]) == set(locks[0]) - TIMED_STAGES
+    for stage, spec in locks[1].items():
+        for out, first in zip(spec["outs"], locks[0][stage]["outs"]):
+            assert out["path"] == first["path"]
+            if out["path"].startswith("metrics/"):
+                assert untimed_metrics(second / out["path"]) == untimed_metrics(repo / out["path"]), out["path"]
+            else:
+                assert out["md5"] == first["md5"], f"{stage}: {out['path']} differs between two runs"
+
+
 def test_unchanged_repro_runs_nothing(repo):
-    result = run([sys.executable, "-m", "dvc", "repro"], repo)
+    result = run([*DVC, "repro"], repo)
     assert "Running stage" not in result.stdout
 
 
-def test_param_change_reruns_exactly_the_downstream_stages(repo):
+def commit(repo: Path, message: str) -> None:
     run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", "first results"], repo)
+    run(["git", "commit", "-q", "--allow-empty", "-m", message], repo)
+
+
+def test_a_remote_round_trips_every_artifact(repo, tmp_path):
+    run([*DVC, "remote", "add", "-d", "storage", str(tmp_path / "remote")], repo)
+    commit(repo, "results and a remote")
+    run([*DVC, "push"], repo)
+    assert json.loads(run([*DVC, "status", "--cloud", "--json"], repo).stdout) == {}  # the remote has everything
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    run([*DVC, "pull"], clone)
+    assert json.loads(run([*DVC, "status", "--json"], clone).stdout) == {}
+    assert "Running stage" not in run([*DVC, "repro"], clone).stdout
+    for out in ("models/baseline.pt", "models/quantized.pt", "models/onnx/int8.onnx"):
+        assert (clone / out).read_bytes() == (repo / out).read_bytes(), out
+
+
+def stage_outputs(repo: Path, stage: str) -> list[Path]:
+    spec = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"][stage]
+    return [repo / (next(iter(out)) if isinstance(out, dict) else out)
+            for kind in ("outs", "metrics", "plots") for out in spec.get(kind, [])]
+
+
+def snapshot(path: Path) -> dict[str, bytes] | None:
+    if not path.exists():
+        return None
+    if path.is_file():
+        return {"": path.read_bytes()}
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def is_whole(path: Path) -> bool:
+    """A complete output of the benchmark stage, whichever run wrote it."""
+    if path.suffix == ".json":
+        return bool(json.loads(path.read_text()))
+    lines = path.read_text().splitlines()
+    return len(lines) > 1 and all(line.count(",") == lines[0].count(",") for line in lines)
+
+
+def test_a_stage_killed_mid_run_leaves_whole_outputs_or_none_and_repro_completes(repo):
+    stage = "benchmark"  # loads every artifact of the pipeline; only `report` comes after it
+    start = time.monotonic()
+    run([*DVC, "repro", "--force", "--single-item", stage], repo)
+    duration = time.monotonic() - start
+    outputs = stage_outputs(repo, stage)
+    before = {out: snapshot(out) for out in outputs}
+    for fraction in (0.2, 0.5, 0.8):  # at import, while loading artifacts, while timing
+        dvc = subprocess.Popen([*DVC, "repro", "--force", "--single-item", stage], cwd=repo, env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(duration * fraction)
+        os.killpg(dvc.pid, signal.SIGKILL)  # DVC and the stage's process, as the OOM killer or a lost machine would
+        dvc.wait(timeout=60)
+        for out in outputs:
+            after = snapshot(out)
+            assert after is None or after == before[out] or is_whole(out), f"{out} half-written at {fraction}"
+    run([*DVC, "repro"], repo)
+    assert json.loads(run([*DVC, "status", "--json"], repo).stdout) == {}
+    for out in outputs:
+        assert out.exists() and is_whole(out)
+        assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")], "temporary files left"
+
+
+def test_param_change_reruns_exactly_the_downstream_stages(repo):
+    commit(repo, "first results")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["prune"]["ratio"] = 0.5
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    ran = {line.split("'")[1] for line in run([sys.executable, "-m", "dvc", "repro"], repo).stdout.splitlines()
+    ran = {line.split("'")[1] for line in run([*DVC, "repro"], repo).stdout.splitlines()
            if line.startswith("Running stage")}
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     assert "data" not in ran and "baseline" not in ran
     assert ran == set(stages) - {"data", "baseline"}
-    diff = json.loads(run([sys.executable, "-m", "dvc", "metrics", "diff", "--json", "HEAD"], repo).stdout)
+    diff = json.loads(run([*DVC, "metrics", "diff", "--json", "HEAD"], repo).stdout)
     assert diff["metrics/prune.json"]["params"]["diff"] < 0  # a higher ratio leaves fewer parameters
     assert "metrics/baseline.json" not in diff or not any(v.get("diff") for v in diff["metrics/baseline.json"].values())
     run(["git", "checkout", "-q", "--", "params.yaml"], repo)
-    run([sys.executable, "-m", "dvc", "checkout", "-q"], repo)
+    run([*DVC, "checkout", "-q"], repo)
 
 
 def test_folder_profile_with_published_weights(repo, published_weights, published_images):
-    run([sys.executable, "-m", "dvc", "exp", "run", "-S", "data.source=folder", "-S",
+    run([*DVC, "exp", "run", "-S", "data.source=folder", "-S",
          f"data.folder={published_images}", "-S", f"baseline.weights={published_weights}",
          # A smaller test share keeps the untuned TVM stages quick; still about 100 plates.
          "-S", "data.finetune_fraction=0.6", "-S", "data.test_fraction=0.2"], repo)
