@@ -191,7 +191,12 @@ def qconfig_mapping(method: str) -> QConfigMapping:
     """int8 everywhere (conv + batch norm + ReLU fused, per-channel symmetric weights, per-tensor activations
     ranged by `method`) except the global context and block 3's output, which stay float."""
     activation = get_method(method).with_args(**ACTIVATION_DTYPE_ARGS)
-    mapping = QConfigMapping().set_global(QConfig(activation=activation, weight=WEIGHT_OBSERVER))
+    return int8_except_float_parts(QConfig(activation=activation, weight=WEIGHT_OBSERVER))
+
+
+def int8_except_float_parts(qconfig: QConfig) -> QConfigMapping:
+    """`qconfig` everywhere but FLOAT_FUNCTIONS and FLOAT_MODULES, which stay float (also for QAT, see qat.py)."""
+    mapping = QConfigMapping().set_global(qconfig)
     for function in FLOAT_FUNCTIONS:
         mapping.set_object_type(function, None)
     for name in FLOAT_MODULES:
@@ -281,10 +286,13 @@ def load_calibration(path: str | os.PathLike) -> dict:
     return calibration
 
 
-def check_calibration(calibration, source) -> None:
+def check_calibration(calibration, source, model: torch.nn.Module | None = None) -> None:
+    """Fails unless `calibration` is a calibration artifact (and, given `model`, was measured on its weights)."""
     if not isinstance(calibration, dict) or calibration.get("format") != FORMAT:
         found = calibration.get("format") if isinstance(calibration, dict) else type(calibration).__name__
         raise ValueError(f"{source}: not a calibration artifact (format {found!r}, expected {FORMAT!r})")
     get_method(calibration["method"])
     if not isinstance(calibration.get("observers"), dict) or not calibration["observers"]:
         raise ValueError(f"{source}: the calibration artifact has no observer statistics")
+    if model is not None and calibration.get("model_sha256") != model_fingerprint(model):
+        raise ValueError(f"{source}: measured on different weights than this model's; recalibrate")

@@ -24,10 +24,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from lprnet.calibrate import (
     ACTIVATION_DTYPE_ARGS,
-    FLOAT_FUNCTIONS,
-    FLOAT_MODULES,
     check_calibration,
-    model_fingerprint,
+    int8_except_float_parts,
     observers,
     prepare_observed,
     quiet_torch_ao,
@@ -43,19 +41,12 @@ WEIGHT_FAKE_QUANT = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMa
 
 def qat_qconfig_mapping() -> QConfigMapping:
     """calibrate.qconfig_mapping's int8/float split, with fake quantization in place of the observers."""
-    mapping = QConfigMapping().set_global(QConfig(activation=ACTIVATION_FAKE_QUANT, weight=WEIGHT_FAKE_QUANT))
-    for function in FLOAT_FUNCTIONS:
-        mapping.set_object_type(function, None)
-    for name in FLOAT_MODULES:
-        mapping.set_module_name(name, None)
-    return mapping
+    return int8_except_float_parts(QConfig(activation=ACTIVATION_FAKE_QUANT, weight=WEIGHT_FAKE_QUANT))
 
 
 def prepare_qat(model: LPRNet, calibration: dict) -> torch.fx.GraphModule:
     """A trainable fake-quantized FX copy of `model` (untouched), activation ranges starting from `calibration`."""
-    check_calibration(calibration, "calibration")
-    if calibration.get("model_sha256") != model_fingerprint(model):
-        raise ValueError("the calibration was measured on different weights than this model's; recalibrate")
+    check_calibration(calibration, "calibration", model)
     example = (torch.zeros(1, 3, INPUT_HEIGHT, INPUT_WIDTH),)
     with quiet_torch_ao():
         prepared = prepare_qat_fx(copy.deepcopy(model).train(), qat_qconfig_mapping(), example)

@@ -30,7 +30,6 @@ from lprnet.alphabet import Alphabet, get_alphabet
 from lprnet.calibrate import (
     WEIGHT_OBSERVER,
     check_calibration,
-    model_fingerprint,
     observers,
     prepare_observed,
     quiet_torch_ao,
@@ -83,9 +82,7 @@ def quantize(model: LPRNet, calibration: dict) -> torch.fx.GraphModule:
     """The int8 version of `model`, with activation ranges chosen by the calibration's method from its statistics.
 
     `model` is not modified. The calibration must come from the same weights (checked by fingerprint)."""
-    check_calibration(calibration, "calibration")
-    if calibration.get("model_sha256") != model_fingerprint(model):
-        raise ValueError("the calibration was measured on different weights than this model's; recalibrate")
+    check_calibration(calibration, "calibration", model)
     prepared = prepare_observed(model, calibration["method"])
     load_statistics(prepared, calibration["observers"])
     return convert(prepared)

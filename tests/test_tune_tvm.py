@@ -122,6 +122,20 @@ def test_a_kernel_whose_trials_all_failed_is_not_tuned_again(tuned, module, tmp_
     assert len(tune_tvm.tasks_to_tune(tasks, all_failed, TARGET)) == len(tasks)
 
 
+def test_a_record_cut_short_by_a_kill_is_dropped_and_the_rest_kept(tuned, module, tmp_path):
+    folder, _ = tuned
+    copy = tmp_path / "database"
+    shutil.copytree(folder, copy)
+    records = (copy / tune_tvm.RECORD_FILE).read_text()
+    complete = len(records.splitlines())
+    with open(copy / tune_tvm.RECORD_FILE, "a") as file:  # what MetaSchedule leaves when killed mid-append
+        file.write(records.splitlines()[0][:40])
+    database = tune_tvm.open_database(copy)
+    assert len(database) == complete
+    assert (copy / tune_tvm.RECORD_FILE).read_text() == records
+    assert tune_tvm.untuned_tasks(tune_tvm.extract_tasks(module, TARGET), database, TARGET) == []
+
+
 def test_the_curve_starts_once_every_task_is_timed_and_never_rises(tuned, module):
     folder, run = tuned
     curve = tune_tvm.tuning_curve(folder, module, TARGET)
