@@ -10,12 +10,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image, UnidentifiedImageError
+
 from lprnet import data, synth
 from lprnet.alphabet import get_alphabet
 from lprnet.io import atomic_dir, write_json_atomic
+from lprnet.model import INPUT_HEIGHT, INPUT_WIDTH
 from lprnet.stage import parse_args, read_section, run
 
 SOURCES = ("synthetic", "folder")
+OTHER_SIZES = ("resize", "refuse")
 # Subfolder names accepted when a folder is already split; `finetune` and `train` are the same split.
 SPLIT_FOLDERS = {"calib": "calib", "finetune": "train", "train": "train", "test": "test"}
 
@@ -32,6 +36,20 @@ class DataParams:
     calib_fraction: float
     finetune_fraction: float
     test_fraction: float
+    other_sizes: str = "resize"  # a folder image that is not 94x24: resize (with a warning) | refuse
+
+
+def refuse_other_sizes(files: list[Path]) -> None:
+    """Stop at the first image that is not INPUT_WIDTH x INPUT_HEIGHT (reading headers only)."""
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                size = image.size
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            continue  # unreadable: data.load_folder names it with its reason
+        if size != (INPUT_WIDTH, INPUT_HEIGHT):
+            raise ValueError(f"{path}: {size[0]}x{size[1]} pixels, not {INPUT_WIDTH}x{INPUT_HEIGHT} "
+                             f"(data.other_sizes is refuse; set it to resize to accept such images)")
 
 
 def folder_splits(folder: Path, params: DataParams) -> dict[str, list[Path]]:
@@ -56,6 +74,8 @@ def main() -> None:
     params = read_section(args.params, "data", DataParams)
     if params.source not in SOURCES:
         raise ValueError(f"data.source: unknown source {params.source!r}; valid: {', '.join(SOURCES)}")
+    if params.other_sizes not in OTHER_SIZES:
+        raise ValueError(f"data.other_sizes: unknown value {params.other_sizes!r}; valid: {', '.join(OTHER_SIZES)}")
     alphabet_name = params.alphabet
     if alphabet_name == "auto":
         alphabet_name = "latin" if params.source == "synthetic" else "chinese68"
@@ -76,6 +96,8 @@ def main() -> None:
             if not params.folder:
                 raise ValueError("data.folder must name a folder of labelled images when data.source=folder")
             for split, files in folder_splits(Path(params.folder), params).items():
+                if params.other_sizes == "refuse":
+                    refuse_other_sizes(files)
                 images, labels = data.load_folder(files, alphabet)
                 data.save_split(out / f"{split}.npz", images, labels)
                 sizes[split] = len(labels)

@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 def run_data_stage(tmp_path: Path, folder: Path, **overrides) -> subprocess.CompletedProcess:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"].update(source="folder", folder=str(folder), alphabet="latin", **overrides)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return subprocess.run([sys.executable, str(REPO / "stages/data.py"), "--params", str(tmp_path / "params.yaml"),
                            "--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "metrics.json")],
@@ -82,3 +83,20 @@ def test_calibration_and_test_splits_are_disjoint(tmp_path):
                                                                                                   symbols)[0]}
                for split in ("calib", "test")}
     assert not digests["calib"] & digests["test"]
+
+
+def test_other_sizes_are_resized_or_refused_per_params(tmp_path):
+    plates(tmp_path / "in", ["AB12345.png"])
+    Image.new("RGB", (188, 48), (200, 200, 200)).save(tmp_path / "in/CD67890.png")
+    resized = run_data_stage(tmp_path / "a", tmp_path / "in", test_fraction=1.0, calib_fraction=0.0,
+                             finetune_fraction=0.0)
+    assert resized.returncode == 0, resized.stderr
+    assert "CD67890.png: 188x48 resized to 94x24" in resized.stderr
+    refused = run_data_stage(tmp_path / "b", tmp_path / "in", other_sizes="refuse")
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [f"error: {tmp_path / 'in/CD67890.png'}: 188x48 pixels, not 94x24 "
+                                                   f"(data.other_sizes is refuse; set it to resize to accept such "
+                                                   f"images)"]
+    assert not (tmp_path / "b/out").exists() and not (tmp_path / "b/metrics.json").exists()
+    unknown = run_data_stage(tmp_path / "c", tmp_path / "in", other_sizes="crop")
+    assert unknown.returncode == 1 and "data.other_sizes: unknown value 'crop'" in unknown.stderr
