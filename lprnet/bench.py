@@ -59,8 +59,9 @@ def interleaved_latency(predictors: dict[str, Predictor], config: BenchConfig) -
     A turn starts with SETTLE_S seconds of untimed calls. The runtimes' thread pools (PyTorch's OpenMP, ONNX
     Runtime's, TVM's) keep spinning for a while after a call, waiting for the next; on 2 cores a call timed right
     after another runtime's shares them with those threads. Measured here with one call per turn: ONNX Runtime
-    fp32 2.3 ms against 1.2 ms timed alone, tuned TVM 5.0 against 2.4, PyTorch fp32 9.7 against 5.6. With the
-    settling calls every median came within about 5 % of its alone figure.
+    fp32 2.3 ms against 1.2 ms timed alone, tuned TVM 5.0 against 2.4, PyTorch fp32 9.7 against 5.6. With 50 to
+    200 ms of settling calls, 17 of 18 medians (6 artifacts, 3 runs) came within 5 % of their alone figures; the
+    18th, ONNX Runtime int8 with 50 ms, was 29 % above.
     """
     inputs = example_input(1)
     for predictor in predictors.values():
