@@ -1,12 +1,13 @@
 """The regenerated report: tables and plots from the metrics files, compared with the notebook study.
 
 Pure functions from metrics dicts to Markdown and figures; no measuring (see the stages) and no file layout beyond
-the metrics file names the stages write.
+`ARTIFACTS`, the list of deployable artifacts the benchmark stage also reads.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 # Figures the notebook study reported (not measured here): the rows our results are compared with.
 STUDY = {
@@ -15,14 +16,24 @@ STUDY = {
     "int8": {"accuracy": 0.723, "latency_ms": None, "onnx_mb": None},
 }
 
-# Report row -> (metrics file, benchmark key); accuracy and size come from the stage, latency from the benchmark.
-ROWS = {
-    "PyTorch fp32 baseline": ("baseline", "torch_fp32_baseline"),
-    "PyTorch fp32 pruned": ("prune", "torch_fp32_pruned"),
-    "PyTorch int8": ("quantize", "torch_int8"),
-    "ONNX Runtime fp32": ("onnx-fp32", "ort_fp32"),
-    "ONNX Runtime int8": ("onnx-int8", "ort_int8"),
-    **{f"TVM {step} {precision}": (f"tvm-{step}-{precision}", f"tvm_{step}_{precision}")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    label: str  # its row in the report
+    path: str  # under models/, what the benchmark stage loads
+    metrics: str  # the stage metrics file (without .json) that accuracy and size come from
+
+
+# Benchmark key -> artifact, in benchmark and report order: the one list of what the pipeline deploys.
+ARTIFACTS = {
+    "torch_fp32_baseline": Artifact("PyTorch fp32 baseline", "baseline.pt", "baseline"),
+    "torch_fp32_pruned": Artifact("PyTorch fp32 pruned", "pruned.pt", "prune"),
+    "torch_int8": Artifact("PyTorch int8", "quantized.pt", "quantize"),
+    "ort_fp32": Artifact("ONNX Runtime fp32", "onnx/fp32.onnx", "onnx-fp32"),
+    "ort_int8": Artifact("ONNX Runtime int8", "onnx/int8.onnx", "onnx-int8"),
+    **{f"tvm_{step}_{precision}": Artifact(f"TVM {step} {precision}", f"tvm/{step}/{precision}",
+                                           f"tvm-{step}-{precision}")
        for step in ("import", "graph", "layout", "tune") for precision in ("fp32", "int8")},
 }
 
@@ -50,10 +61,11 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> set[str]:
 def rows(metrics: dict[str, dict], benchmark: dict) -> list[dict]:
     """One row per artifact present in both the stage metrics and the benchmark."""
     table = []
-    for label, (stage, key) in ROWS.items():
-        if stage in metrics and key in benchmark:
-            table.append({"artifact": label, "key": key, "accuracy": metrics[stage].get("accuracy"),
-                          "size_bytes": metrics[stage].get("size_bytes"), **benchmark[key]})
+    for key, artifact in ARTIFACTS.items():
+        if artifact.metrics in metrics and key in benchmark:
+            stage = metrics[artifact.metrics]
+            table.append({"artifact": artifact.label, "key": key, "accuracy": stage.get("accuracy"),
+                          "size_bytes": stage.get("size_bytes"), **benchmark[key]})
     return table
 
 

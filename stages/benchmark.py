@@ -20,18 +20,9 @@ from lprnet.backends import load_predictor
 from lprnet.bench import BenchConfig, interleaved_latency, throughput
 from lprnet.export import export_onnx
 from lprnet.io import write_json_atomic, write_text_atomic
+from lprnet.report import ARTIFACTS
 from lprnet.stage import parse_args, read_section, run
 
-# name -> (artifact path under models/, metrics file the report takes accuracy and size from)
-ARTIFACTS = {
-    "torch_fp32_baseline": ("baseline.pt", "baseline.json"),
-    "torch_fp32_pruned": ("pruned.pt", "prune.json"),
-    "torch_int8": ("quantized.pt", "quantize.json"),
-    "ort_fp32": ("onnx/fp32.onnx", "onnx-fp32.json"),
-    "ort_int8": ("onnx/int8.onnx", "onnx-int8.json"),
-    **{f"tvm_{step}_{precision}": (f"tvm/{step}/{precision}", f"tvm-{step}-{precision}.json")
-       for step in ("import", "graph", "layout", "tune") for precision in ("fp32", "int8")},
-}
 BASELINE, ORT_FP32 = "torch_fp32_baseline", "ort_fp32"
 
 
@@ -39,13 +30,13 @@ def main() -> None:
     args = parse_args(__doc__, ["models", "metrics", "csv"])
     bench = read_section(args.params, "bench", BenchConfig)
     models = Path(args.models)
-    missing = [str(models / path) for path, _ in ARTIFACTS.values() if not (models / path).exists()]
+    missing = [str(models / a.path) for a in ARTIFACTS.values() if not (models / a.path).exists()]
     if missing:
         raise FileNotFoundError(f"{missing[0]}: artifact missing (run `dvc repro`)")
     with tempfile.TemporaryDirectory(prefix="benchmark.") as work:
         baseline_onnx = Path(work) / "baseline.onnx"
         export_onnx(*load_model(models / "baseline.pt"), baseline_onnx)
-        predictors = {name: load_predictor(models / path, bench.threads) for name, (path, _) in ARTIFACTS.items()}
+        predictors = {name: load_predictor(models / a.path, bench.threads) for name, a in ARTIFACTS.items()}
         predictors["ort_fp32_baseline"] = load_predictor(baseline_onnx, bench.threads)
         results = interleaved_latency(predictors, bench)
         for name, predictor in predictors.items():
