@@ -2,7 +2,8 @@
 
 Writes into --out: `torch.pt`, the histograms of every activation the PyTorch int8 model quantizes (read by
 `quantize`); `onnx_ranges.json`, ONNX Runtime's range cache for the ONNX export of the same model (read by
-`export-onnx`); and `calibration.json`, the methods and image count.
+`export-onnx`; only when `onnx_method` is an ONNX Runtime method, not `torch`, which takes the PyTorch int8 model's
+ranges there); and `calibration.json`, the methods and image count.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from lprnet.calibrate import calibrate, get_method, save_calibration
 from lprnet.data import load_prepared
 from lprnet.export import export_onnx
 from lprnet.io import atomic_dir, write_json_atomic
-from lprnet.quantize_onnx import calibrate_onnx, calibration_method
+from lprnet.quantize_onnx import TORCH_RANGES, calibrate_onnx, calibration_method
 from lprnet.stage import parse_args, read_section, run
 
 
 @dataclass(frozen=True)
 class CalibrateParams:
     method: str  # PyTorch int8: minmax | percentile | entropy | histogram (see lprnet.calibrate.METHODS)
-    onnx_method: str  # ONNX Runtime int8: minmax | percentile | entropy
+    onnx_method: str  # ONNX int8: torch (the PyTorch int8 model's ranges) | minmax | percentile | entropy
     num_images: int  # 0: the whole calib split
 
 
@@ -31,7 +32,8 @@ def main() -> None:
     args = parse_args(__doc__, ["pruned", "data", "out", "metrics"])
     params = read_section(args.params, "calibrate", CalibrateParams)
     get_method(params.method)
-    calibration_method(params.onnx_method)
+    if params.onnx_method != TORCH_RANGES:
+        calibration_method(params.onnx_method)
     if params.num_images < 0:
         raise ValueError(f"calibrate.num_images must be >= 0, got {params.num_images}")
     model, alphabet = load_model(args.pruned)
@@ -41,9 +43,10 @@ def main() -> None:
     with atomic_dir(args.out) as out, tempfile.TemporaryDirectory(prefix="calibrate.") as work:
         torch_calibration = calibrate(model, images, params.method)
         save_calibration(out / "torch.pt", torch_calibration)
-        onnx_path = Path(work) / "fp32.onnx"
-        export_onnx(model, alphabet, onnx_path)
-        calibrate_onnx(onnx_path, images, params.onnx_method, out / "onnx_ranges.json")
+        if params.onnx_method != TORCH_RANGES:
+            onnx_path = Path(work) / "fp32.onnx"
+            export_onnx(model, alphabet, onnx_path)
+            calibrate_onnx(onnx_path, images, params.onnx_method, out / "onnx_ranges.json")
         write_json_atomic(out / "calibration.json", {"method": params.method, "onnx_method": params.onnx_method,
                                                      "num_images": len(images)})
     write_json_atomic(args.metrics, {"num_images": len(images),

@@ -3,9 +3,10 @@
 fp32: exported with a dynamic batch axis; fails unless ONNX Runtime's logits are within `fp32_tolerance` of
 PyTorch's on the test split or, for models with large logits, within twice PyTorch fp32's own error against
 float64 (both runtimes round; an export bug shows as errors far above that).
-int8: ONNX Runtime's quantize_static over that fp32 graph with the activation ranges from the `calibrate` stage
-(no new calibration); its plate predictions are compared with the PyTorch int8 model from `quantize`, and the
-stage fails below `int8_min_agreement`.
+int8: ONNX Runtime's quantize_static over that fp32 graph. By default (`calibrate.onnx_method: torch`) with the
+PyTorch int8 model's own activation ranges and float parts, so that it is the `quantize` artifact as a QDQ graph;
+otherwise with ONNX Runtime's ranges from the `calibrate` stage (no new calibration). Its plate predictions are
+compared with the PyTorch int8 model from `quantize`, and the stage fails below `int8_min_agreement`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from lprnet.artifacts import load_model
@@ -26,7 +28,8 @@ from lprnet.evaluate import predict_texts
 from lprnet.export import export_onnx
 from lprnet.io import write_json_atomic
 from lprnet.metrics import artifact_metrics
-from lprnet.quantize_onnx import quantize_qdq
+from lprnet.quantize import load_quantized
+from lprnet.quantize_onnx import TORCH_RANGES, onnx_runtime_plan, quantize_qdq, torch_int8_plan
 from lprnet.stage import parse_args, read_section, run
 
 
@@ -56,7 +59,6 @@ def main() -> None:
                                 "metrics_int8"])
     params = read_section(args.params, "export_onnx", ExportParams)
     bench = read_section(args.params, "bench", BenchConfig)
-    ranges = Path(args.calibration) / "onnx_ranges.json"
     method = json.loads((Path(args.calibration) / "calibration.json").read_text())["onnx_method"]
     images, labels = load_prepared(args.data, "test")
 
@@ -74,9 +76,14 @@ def main() -> None:
     write_json_atomic(args.metrics_fp32, {**metrics, "max_abs_logit_diff": difference,
                                           "torch_fp32_rounding": rounding})
 
-    quantize_qdq(args.fp32, ranges, method, args.int8, reduce_range=params.reduce_range)
+    torch_int8_model, torch_alphabet = load_quantized(args.quantized)
+    if method == TORCH_RANGES:
+        plan = torch_int8_plan(onnx.load(args.fp32), torch_int8_model)
+    else:
+        plan = onnx_runtime_plan(onnx.load(args.fp32), Path(args.calibration) / "onnx_ranges.json")
+    quantize_qdq(plan, args.int8, reduce_range=params.reduce_range)
     int8 = load_predictor(args.int8, bench.threads)
-    torch_int8 = load_predictor(args.quantized, bench.threads)
+    torch_int8 = TorchPredictor(torch_int8_model, torch_alphabet, bench.threads)
     ours, reference = predict_texts(int8, images), predict_texts(torch_int8, images)
     agreement = float(np.mean([a == b for a, b in zip(ours, reference)]))
     if agreement < params.int8_min_agreement:
