@@ -2,10 +2,11 @@
 build that uses the tuned kernels.
 
 `tune` extracts one task per TIR kernel, tunes the tasks that the database folder holds no valid record for
-(evolutionary search, XGBoost cost model, gradient-based task scheduler; every candidate built and timed on this
-machine) and appends the records to MetaSchedule's JSON database in that folder. `apply_database` swaps each kernel
-for its fastest record, so `compile_tvm.build` then compiles the tuned schedules; kernels without a record stay as
-LegalizeOps wrote them. `tuning_curve` reads the database back as (trials, estimated latency) for a plot.
+(evolutionary search, XGBoost cost model, gradient-based task scheduler; every candidate built on this machine and
+timed here or on the RPC servers of a TVM tracker, see `RPCTarget`) and appends the records to MetaSchedule's JSON
+database in that folder. `apply_database` swaps each kernel for its fastest record, so `compile_tvm.build` then
+compiles the tuned schedules; kernels without a record stay as LegalizeOps wrote them. `tuning_curve` reads the
+database back as (trials, estimated latency) for a plot.
 
 Does not run graph or layout passes (the module is tuned as it comes), does not quantize (an int8 QDQ module is tuned
 like any other: its kernels compute in fp32 between quantize/dequantize), and does not measure the whole model
@@ -47,6 +48,9 @@ MAX_TRIALS_PER_ITERATION = 64  # MetaSchedule's default batch of candidates per 
 # build function's start, after the worker process has imported TVM.
 BUILD_TIMEOUT_S = 30.0
 RUN_TIMEOUT_S = 30.0
+# An RPC session uploads one candidate, has the server link it into a shared library and times it: RUN_TIMEOUT_S plus
+# room for the upload and the link on a slow device. It is also how long the tracker may take to answer.
+RPC_SESSION_TIMEOUT_S = 60
 # Each candidate runs for at least 3 x 50 ms (the runner raises `number` until a repeat lasts min_repeat_ms) and
 # MetaSchedule keeps the median of the 3 repeats, which damps other load on the machine.
 EVALUATOR = ms.runner.EvaluatorConfig(number=1, repeat=3, min_repeat_ms=50, enable_cpu_cache_flush=False)
@@ -60,8 +64,9 @@ logger = logging.getLogger(__name__)
 
 def tuning_target(target: dict, num_cores: int) -> dict:
     """`target` as `compile_tvm.detect_target` fills it, plus "num-cores" (unless given), which MetaSchedule's CPU
-    rules require: a kernel is parallelised for that many cores. Only llvm (CPU) targets: the builder and runner here
-    build and time kernels on this machine's CPU."""
+    rules require: a kernel is parallelised for that many cores. Only llvm (CPU) targets: the builder here compiles
+    kernels with LLVM and the runners time them on a CPU (this machine's, or an RPC server's: then give the device's
+    "mcpu", "mtriple" and "num-cores", since the defaults describe this machine)."""
     if not isinstance(target, dict) or target.get("kind") != "llvm":
         raise ValueError(f"target {target!r}: only llvm (CPU) targets can be tuned here")
     if not isinstance(num_cores, int) or isinstance(num_cores, bool) or num_cores < 1:
@@ -69,6 +74,35 @@ def tuning_target(target: dict, num_cores: int) -> dict:
     filled = compile_tvm.detect_target(target)
     filled.setdefault("num-cores", num_cores)
     return filled
+
+
+@dataclass(frozen=True)
+class RPCTarget:
+    """Time candidates on the RPC servers registered with a TVM tracker under `key`, instead of on this machine."""
+
+    host: str  # the tracker's
+    port: int
+    key: str  # the device key the servers registered with (`python -m tvm.exec.rpc_server --key KEY`)
+
+    def __post_init__(self):
+        if not self.host or isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 < self.port < 65536:
+            raise ValueError(f"RPC tracker {self.host!r}:{self.port!r}: expected a host and a port in 1..65535")
+        if not self.key or any(char.isspace() or char == ":" for char in self.key):
+            # The tracker's protocol separates fields with spaces and ':'.
+            raise ValueError(f"RPC tracker {self.address}: device key {self.key!r} must be non-empty, without spaces "
+                             f"or ':' (the servers' --key)")
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, tracker: str, key: str) -> RPCTarget:
+        """From the tracker's "host:port" and the servers' device key."""
+        host, _, port = tracker.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"RPC tracker {tracker!r}: expected host:port, e.g. 192.168.1.10:9190")
+        return cls(host, int(port), key)
 
 
 @dataclass(frozen=True)
@@ -239,6 +273,25 @@ class _TrialResults(PyMeasureCallback):
                              failed=self.failures, refresh=False)
 
 
+def _runner(rpc: RPCTarget | None) -> ms.Runner:
+    """MetaSchedule's LocalRunner, or its RPCRunner with one connection per server the tracker has under the key: the
+    tracker gives a server to one session at a time, so candidates are timed side by side, never two on one device."""
+    if rpc is None:
+        return ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=EVALUATOR)
+    config = ms.runner.RPCConfig(rpc.host, rpc.port, rpc.key, session_timeout_sec=RPC_SESSION_TIMEOUT_S)
+    try:
+        servers = config.count_num_servers()
+    except ValueError as error:  # TVM's message spans several lines
+        raise ValueError(f"RPC tracker {rpc.address}: no answer within {RPC_SESSION_TIMEOUT_S} s (start it with "
+                         f"`python -m tvm.exec.rpc_tracker`)") from error
+    if not servers:
+        # Else every candidate would wait in the tracker's queue for a server that never comes: TVM's runner sets no
+        # limit on that wait (a session's timeout starts once a server takes it), nor when the servers go mid-run.
+        raise ValueError(f"RPC tracker {rpc.address}: no server with key {rpc.key!r} (start one on the device with "
+                         f"`python -m tvm.exec.rpc_server --tracker {rpc.address} --key {rpc.key}`)")
+    return ms.runner.RPCRunner(config, EVALUATOR, max_workers=servers)
+
+
 @contextmanager
 def _environment(name: str, value: str) -> Iterator[None]:
     saved = os.environ.get(name)
@@ -274,7 +327,7 @@ class TuningRun:
 
 def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_trials: int, trials_per_task: int, *,
          seed: int = 0, threads: int | None = None, log_dir: str | os.PathLike | None = None,
-         progress: bool = True) -> TuningRun:
+         progress: bool = True, rpc: RPCTarget | None = None) -> TuningRun:
     """Tune the kernels of `mod` that the database in `work_dir` has no trial for (see `tasks_to_tune`), appending
     to that database; kernels none of whose trials worked stay untuned, with a warning.
 
@@ -282,6 +335,13 @@ def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_tri
     candidate runs with, and how many processes build candidates. `seed` seeds the search, the task scheduler and the
     cost model; the outcome still varies with the timings. MetaSchedule's logs (every candidate's TIR and trace) go
     to `log_dir`, by default a temporary folder removed afterwards; the console shows a progress bar.
+
+    With `rpc`, the candidates are timed on the servers a TVM tracker has under a device key (as many at once as it has
+    servers; one with no server fails at once) instead of on this machine. They are still built here, compiled for
+    `target`; each server links the candidate it is sent into a shared library (with its C++ compiler) and times it
+    with its own thread count (its TVM_NUM_THREADS, else TVM's default), not `threads`. For an embedded device,
+    `target` is an llvm target with the device's "mtriple", "mcpu" and "num-cores", and the device runs TVM's server:
+    `python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY`.
     """
     start = time.perf_counter()
     if not isinstance(target, dict) or target.get("kind") != "llvm" or "num-cores" not in target:
@@ -312,16 +372,17 @@ def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_tri
     # warnings (the progress bar shows the rest) and the details in the log files.
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     with _log_folder(log_dir) as logs, _environment("TVM_NUM_THREADS", str(threads)):
-        if progress:
-            # Making the contexts imports tvm.s_tir.tensor_intrin (tens of seconds) before the first trial.
-            tqdm.write(f"tune: {len(todo)} of {len(tasks)} tasks, {plan.total} trials ({plan.per_iteration} per task "
-                       f"and round, at most {plan.per_task} per task); preparing the search spaces")
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            todo, logs, num_threads=threads, seed=seed)
-        # The runner's worker process inherits TVM_NUM_THREADS (set above): without it TVM runs each candidate on
+        # The LocalRunner's worker process inherits TVM_NUM_THREADS (set above): without it TVM runs each candidate on
         # half the CPUs, not on the `threads` the model will run with.
-        runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=EVALUATOR)
+        runner = _runner(rpc)
         try:
+            if progress:
+                # Making the contexts imports tvm.s_tir.tensor_intrin (tens of seconds) before the first trial.
+                remote = f"; timed on the RPC servers {rpc.key!r} of {rpc.address}" if rpc else ""
+                tqdm.write(f"tune: {len(todo)} of {len(tasks)} tasks, {plan.total} trials ({plan.per_iteration} per "
+                           f"task and round, at most {plan.per_task} per task{remote}); preparing the search spaces")
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                todo, logs, num_threads=threads, seed=seed)
             with tqdm(total=plan.total, desc="tune", unit="trial", disable=not progress, mininterval=2) as bar:
                 builder = _CountingBuilder(ms.builder.LocalBuilder(
                     f_build=build_without_tensor_intrinsics, max_workers=threads, timeout_sec=BUILD_TIMEOUT_S), bar)

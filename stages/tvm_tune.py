@@ -4,7 +4,9 @@
 The database is its own folder (`--database`), kept between runs (persist in dvc.yaml): kernels it has records for
 are not tuned again, so after an upstream change that keeps the kernels' shapes (new weights, a new calibration) the
 stage only applies the records and builds. A database tuned with another budget, seed or target is refused (delete
-it to tune again). Also writes, per precision, the estimated kernel time against trials (a DVC plot).
+it to tune again). Also writes, per precision, the estimated kernel time against trials (a DVC plot). With
+`tune.rpc_tracker`, candidates are timed on the RPC servers of that TVM tracker (`tune.rpc_key`); the tuned builds are
+still checked and evaluated on this machine.
 """
 
 from __future__ import annotations
@@ -30,6 +32,21 @@ class TuneParams:
     total_trials: int  # per precision, shared among its kernels (tasks); at least one per task
     trials_per_task: int  # at most this many for any one task
     seed: int = 0
+    rpc_tracker: str = ""  # "host:port" of a TVM RPC tracker; "": time candidates on this machine
+    rpc_key: str = ""  # the device key of the tracker's servers
+
+
+def rpc_target(params: TuneParams) -> tune_tvm.RPCTarget | None:
+    """Where candidates are timed: None for this machine. A key without a tracker is refused rather than ignored."""
+    if not params.rpc_tracker:
+        if params.rpc_key:
+            raise ValueError(f"tune.rpc_key is {params.rpc_key!r} but tune.rpc_tracker is empty: set both to time "
+                             f"candidates on RPC servers, or neither")
+        return None
+    if not params.rpc_key:
+        raise ValueError(f"tune.rpc_key is empty: with tune.rpc_tracker {params.rpc_tracker!r} it must name the device "
+                         f"key the RPC servers registered with")
+    return tune_tvm.RPCTarget.parse(params.rpc_tracker, params.rpc_key)
 
 
 def curve_csv(curve: list[tuple[int, float]]) -> str:
@@ -44,9 +61,11 @@ def main() -> None:
     args = parse_args(__doc__, ["source", "fp32", "int8", "pruned", "data", "database", "out", "metrics_fp32",
                                 "metrics_int8", "curve_fp32", "curve_int8"])
     params = read_section(args.params, "tune", TuneParams)
+    rpc = rpc_target(params)
     tvm_params = read_section(args.params, "tvm", TVMParams)
     bench = read_section(args.params, "bench", BenchConfig)
-    # Kernels are parallelised for, and timed with, the thread count the artifacts are benchmarked with.
+    # Kernels are parallelised for, and timed with, the thread count the artifacts are benchmarked with (an RPC
+    # server times them with its own).
     target = tune_tvm.tuning_target(tvm_params.target, bench.threads)
     modules = {p: compile_tvm.load_ir(Path(args.source) / f"{p}.json") for p in PRECISIONS}
     # total_trials 0 skips MetaSchedule and builds the layout-passed module as it is: the end-to-end tests use it
@@ -66,7 +85,7 @@ def main() -> None:
                                                    seconds=0.0), mod
             else:
                 tuning = tune_tvm.tune(mod, target, args.database, params.total_trials, params.trials_per_task,
-                                       seed=params.seed, threads=bench.threads)
+                                       seed=params.seed, threads=bench.threads, rpc=rpc)
                 tuned = tune_tvm.apply_database(mod, target, args.database)
             compile_tvm.save_artifact(tmp / precision, compile_tvm.build(tuned, target), tuned, target,
                                       compile_tvm.module_input_shape(mod), compile_tvm.module_alphabet_name(mod),
