@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -180,20 +182,52 @@ def test_a_stage_killed_mid_run_leaves_whole_outputs_or_none_and_repro_completes
         assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")], "temporary files left"
 
 
-def test_param_change_reruns_exactly_the_downstream_stages(repo):
+def ran_stages(log: str) -> set[str]:
+    return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
+
+
+def wait_for_queue(repo: Path, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = run([*DVC, "queue", "status"], repo).stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            return status
+        time.sleep(5)
+    raise AssertionError(f"the queue did not finish in {timeout_s} s:\n{status}")
+
+
+def test_a_queued_sweep_runs_in_two_workers_and_reruns_exactly_the_downstream_stages(repo):
     commit(repo, "first results")
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["prune"]["ratio"] = 0.5
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    ran = {line.split("'")[1] for line in run([*DVC, "repro"], repo).stdout.splitlines()
-           if line.startswith("Running stage")}
+    sweep = {"ratio-50": 0.5, "ratio-40": 0.4}
+    for name, ratio in sweep.items():
+        run([*DVC, "exp", "run", "--queue", "-S", f"prune.ratio={ratio}", "-n", name], repo)
+    run([*DVC, "queue", "start", "-j", "2"], repo)
+    try:
+        status = wait_for_queue(repo, timeout_s=600)
+    finally:
+        run([*DVC, "queue", "stop", "--kill"], repo)
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
-    assert "data" not in ran and "baseline" not in ran
-    assert ran == set(stages) - {"data", "baseline"}
-    diff = json.loads(run([*DVC, "metrics", "diff", "--json", "HEAD"], repo).stdout)
-    assert diff["metrics/prune.json"]["params"]["diff"] < 0  # a higher ratio leaves fewer parameters
+    for name in sweep:
+        assert name in status and "Failed" not in status, status
+        assert ran_stages(run([*DVC, "queue", "logs", name], repo).stdout) == set(stages) - {"data", "baseline"}
+
+    rows = {row["Experiment"]: row for row in csv.DictReader(io.StringIO(run([*DVC, "exp", "show", "--csv"],
+                                                                              repo).stdout))}
+    params_column = next(c for c in rows[next(iter(sweep))] if c.endswith("prune.json:params"))
+    for name, ratio in sweep.items():
+        assert float(rows[name]["prune.ratio"]) == ratio
+    # A higher ratio leaves fewer parameters.
+    assert float(rows["ratio-50"][params_column]) < float(rows["ratio-40"][params_column])
+    plots = json.loads(run([*DVC, "plots", "diff", "--json", *sweep], repo).stdout)
+    assert any(name in json.dumps(plots) for name in sweep)
+
+    # The experiment as a commit: `dvc metrics diff` against the results before it.
+    run([*DVC, "exp", "apply", "ratio-50"], repo)
+    commit(repo, "prune.ratio 0.5")
+    diff = json.loads(run([*DVC, "metrics", "diff", "--json", "HEAD~1"], repo).stdout)
+    assert diff["metrics/prune.json"]["params"]["diff"] < 0
     assert "metrics/baseline.json" not in diff or not any(v.get("diff") for v in diff["metrics/baseline.json"].values())
-    run(["git", "checkout", "-q", "--", "params.yaml"], repo)
+    run(["git", "reset", "-q", "--hard", "HEAD~1"], repo)
     run([*DVC, "checkout", "-q"], repo)
 
 
