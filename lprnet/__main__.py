@@ -3,6 +3,7 @@
   python -m lprnet eval ARTIFACT --images DIR [--batch N] [--threads N]   metrics JSON for labelled images
   python -m lprnet predict ARTIFACT IMAGE...                              one plate per image
   python -m lprnet gate --against REV                                     fail on accuracy/latency regressions
+  python -m lprnet sweep PARAM [--out PREFIX]                             plot a `dvc exp run -S PARAM=...` sweep
 
 ARTIFACT is any model file the pipeline writes, or a state dict published by LPRNet_Pytorch.
 """
@@ -46,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(predict)
     predict.add_argument("images", type=Path, nargs="+")
     gate.add_parser(commands)
+
+    sweep = commands.add_parser("sweep", help="CSV and PNG of accuracy, latency and size over DVC experiments")
+    sweep.add_argument("param", help="the swept param, as in `dvc exp run -S`, e.g. prune.ratio")
+    sweep.add_argument("--out", type=Path, help="output prefix (default: reports/sweep_PARAM)")
     return parser
 
 
@@ -53,6 +58,16 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "gate":
         return gate.run(args)
+    if args.command == "sweep":
+        from lprnet.sweep import write_sweep
+
+        try:
+            table = write_sweep(args.param, args.out or Path("reports") / f"sweep_{args.param.replace('.', '_')}")
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(table.to_string(index=False))
+        return 0
     try:
         if args.batch < 1 or args.threads < 1:
             raise ValueError(f"--batch and --threads must be at least 1, got {args.batch} and {args.threads}")
