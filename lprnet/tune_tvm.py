@@ -456,13 +456,17 @@ def module_records(database_dir: str | os.PathLike, mod: tvm.IRModule, target: d
 
 def tuning_curve(database_dir: str | os.PathLike, mod: tvm.IRModule, target: dict) -> list[tuple[int, float]]:
     """(trials, estimated ms) after each trial of `mod`'s tasks, in the order the database recorded them, from the
-    first trial after which every task has a timed record. The estimate is the sum over tasks of weight x fastest
-    time so far: kernel time only, without the VM's work between kernels."""
+    first trial after which every timeable task has a timed record. The estimate is the sum over those tasks of
+    weight x fastest time so far: kernel time only, without the VM's work between kernels. A task none of whose
+    trials ran (e.g. `take`, see `tune`) stays untuned and is left out; waiting for it would leave no curve."""
     weights = [int(task.weight) for task in extract_tasks(mod, target)]
-    best = [math.inf] * len(weights)
+    records = module_records(database_dir, mod, target)
+    timeable = sorted({task for task, seconds in records if seconds < FAILED_RUN_S})
+    best = dict.fromkeys(timeable, math.inf)
     curve = []
-    for trials, (task, seconds) in enumerate(module_records(database_dir, mod, target), start=1):
-        best[task] = min(best[task], seconds if seconds < FAILED_RUN_S else math.inf)
-        if all(b < math.inf for b in best):
-            curve.append((trials, sum(w * b for w, b in zip(weights, best)) * 1e3))
+    for trials, (task, seconds) in enumerate(records, start=1):
+        if task in best and seconds < FAILED_RUN_S:
+            best[task] = min(best[task], seconds)
+        if best and all(b < math.inf for b in best.values()):
+            curve.append((trials, sum(weights[t] * b for t, b in best.items()) * 1e3))
     return curve

@@ -144,6 +144,15 @@ def test_the_curve_starts_once_every_task_is_timed_and_never_rises(tuned, module
     assert all(0 < later <= earlier for earlier, later in zip(estimates, estimates[1:]))
 
 
+def test_the_curve_leaves_out_a_kernel_that_was_never_timed(tuned, module, tmp_path):
+    folder, _ = tuned
+    full = tune_tvm.tuning_curve(folder, module, TARGET)
+    copy_with_failures(folder, tmp_path / "one", lambda index: index == 0)
+    curve = tune_tvm.tuning_curve(tmp_path / "one", module, TARGET)
+    assert curve and curve[-1][0] == full[-1][0]  # a curve to the last trial, without the untimeable kernel
+    assert all(0 < ms < full_ms for (_, ms), (_, full_ms) in zip(curve[::-1], full[::-1]))
+
+
 def test_a_database_tuned_with_other_settings_is_refused(tuned, module):
     folder, _ = tuned
     with pytest.raises(ValueError, match="seed: 0 there, 1 now"):
