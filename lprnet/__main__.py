@@ -3,7 +3,7 @@
   python -m lprnet eval ARTIFACT --images DIR [--batch N] [--threads N]   metrics JSON for labelled images
   python -m lprnet predict ARTIFACT IMAGE...                              one plate per image
   python -m lprnet gate --against REV                                     fail on accuracy/latency regressions
-  python -m lprnet sweep PARAM [--out PREFIX]                             plot a `dvc exp run -S PARAM=...` sweep
+  python -m lprnet sweep PARAM [--out PREFIX] [-n N]                      plot a `dvc exp run -S PARAM=...` sweep
 
 ARTIFACT is any model file the pipeline writes, or a state dict published by LPRNet_Pytorch.
 """
@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", help="CSV and PNG of accuracy, latency and size over DVC experiments")
     sweep.add_argument("param", help="the swept param, as in `dvc exp run -S`, e.g. prune.ratio")
     sweep.add_argument("--out", type=Path, help="output prefix (default: reports/sweep_PARAM)")
+    sweep.add_argument("-n", "--num", type=int, default=1,
+                       help="include experiments of the last N commits, as `dvc exp show -n` (default: 1)")
     return parser
 
 
@@ -62,7 +64,8 @@ def main(argv=None) -> int:
         from lprnet.sweep import write_sweep
 
         try:
-            table = write_sweep(args.param, args.out or Path("reports") / f"sweep_{args.param.replace('.', '_')}")
+            out = args.out or Path("reports") / f"sweep_{args.param.replace('.', '_')}"
+            table = write_sweep(args.param, out, num=args.num)
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1

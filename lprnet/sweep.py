@@ -69,13 +69,14 @@ def plot_sweep(table: pd.DataFrame, param: str, path: str | os.PathLike) -> None
     plt.close(figure)
 
 
-def write_sweep(param: str, out: str | os.PathLike, repo: str | None = None) -> pd.DataFrame:
-    """`out`.csv and `out`.png for `param` over the experiments of the DVC repository `repo` (default: here)."""
+def write_sweep(param: str, out: str | os.PathLike, repo: str | None = None, num: int = 1) -> pd.DataFrame:
+    """`out`.csv and `out`.png for `param` over the experiments of the DVC repository `repo` (default: here) based
+    on its last `num` commits (as `dvc exp show -n`; experiments queued before later commits hang off older ones)."""
     import dvc.api
     from dvc.exceptions import DvcException
 
     try:
-        rows = dvc.api.exp_show(repo=repo)
+        rows = dvc.api.exp_show(repo=repo, num=num)
     except DvcException as error:  # e.g. not a DVC repository
         raise ValueError(f"{repo or Path.cwd()}: cannot list DVC experiments ({error})") from None
     table = sweep_table(rows, param)
