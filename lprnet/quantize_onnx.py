@@ -102,39 +102,53 @@ def _quantized_weight(module: torch.nn.Module) -> torch.Tensor | None:
     return weight if isinstance(weight, torch.Tensor) and weight.is_quantized else None
 
 
+# How far (relative L2) the int8 model's conv weights may be from the fp32 export's: rounding to int8 moves them
+# by under 1 %, quantization-aware fine-tuning by a few %; a model of other weights is ~100 % away.
+MAX_WEIGHT_CHANGE = 0.25
+
+
 class _OnnxNodes:
-    """Finds the ONNX node that computes an FX module of the same float model."""
+    """Finds the ONNX node that computes an FX module of the same float model.
+
+    The exporter folds batch norm into the convolution and names the result after the batch norm, so convolutions
+    are paired by order instead: the k-th FX convolution of a weight shape with the k-th ONNX Conv of that shape,
+    both graphs being in forward order; weights that are not close fail (`MAX_WEIGHT_CHANGE`). Other modules are
+    found by the exporter's name scopes."""
 
     def __init__(self, model: onnx.ModelProto):
         self.nodes = list(model.graph.node)
         self.initializers = {init.name: init for init in model.graph.initializer}
+        self.found: dict[str, onnx.NodeProto] = {}
 
     def consumers(self, tensor: str, op_type: str) -> list[onnx.NodeProto]:
         return [node for node in self.nodes if node.op_type == op_type and tensor in node.input]
 
+    def conv_weight(self, node: onnx.NodeProto) -> np.ndarray:
+        return onnx.numpy_helper.to_array(self.initializers[node.input[1]])
+
     def node_of(self, name: str, module: torch.nn.Module) -> onnx.NodeProto:
+        if name in self.found:
+            return self.found[name]
         weight = _quantized_weight(module)
         if weight is not None:
-            # The exporter folds batch norm into the convolution and names the result after the batch norm, so a
-            # convolution is found by its weights: equal to the int8 ones within one step per output channel.
-            values, steps = weight.dequantize().numpy(), weight.q_per_channel_scales().numpy()
-            matches = [node for node in self.nodes if node.op_type == "Conv" and node.input[1] in self.initializers
-                       and self._within(onnx.numpy_helper.to_array(self.initializers[node.input[1]]), values, steps)]
-            what = "Conv with these int8 weights"
+            values = weight.dequantize().numpy()
+            taken = {id(node) for node in self.found.values()}
+            matches = [node for node in self.nodes if node.op_type == "Conv" and id(node) not in taken
+                       and node.input[1] in self.initializers and self.conv_weight(node).shape == values.shape][:1]
+            what = f"Conv with {tuple(values.shape)} weights left"
+            if matches:
+                change = np.linalg.norm(self.conv_weight(matches[0]) - values) / max(np.linalg.norm(values), 1e-12)
+                if change > MAX_WEIGHT_CHANGE:
+                    raise ValueError(f"{name}: weights differ from ONNX {matches[0].name}'s by {change:.0%}; the ONNX "
+                                     f"and the int8 model must come from the same float model")
         else:
             matches = [node for node in self.nodes if name in _name_scopes(node)]
             what = "node in this module's name scope"
         if len(matches) != 1:
             raise ValueError(f"{name}: expected one ONNX {what}, found {len(matches)}; the ONNX and the int8 model "
                              f"must come from the same float model")
+        self.found[name] = matches[0]
         return matches[0]
-
-    @staticmethod
-    def _within(onnx_weight: np.ndarray, values: np.ndarray, steps: np.ndarray) -> bool:
-        if onnx_weight.shape != values.shape:
-            return False
-        error = np.abs(onnx_weight - values).reshape(len(values), -1).max(axis=1)
-        return bool((error <= steps).all())
 
 
 def _name_scopes(node: onnx.NodeProto) -> list[str]:
@@ -174,9 +188,14 @@ def torch_int8_plan(fp32: onnx.ModelProto, quantized: torch.fx.GraphModule) -> Q
     keep_float: list[str] = []
 
     def conv_node(name: str, module: torch.nn.Module) -> onnx.NodeProto:
+        # The int8 model's own weights and biases replace the export's (equal unless quantization-aware training
+        # changed them, up to rounding and batch-norm folding order).
         node = finder.node_of(name, module)
-        finder.initializers[node.input[1]].CopyFrom(onnx.numpy_helper.from_array(
-            _quantized_weight(module).dequantize().numpy(), node.input[1]))
+        bias = module.bias() if callable(module.bias) else module.bias
+        for index, value in ((1, _quantized_weight(module).dequantize()), (2, bias)):
+            if value is not None and len(node.input) > index and node.input[index] in finder.initializers:
+                finder.initializers[node.input[index]].CopyFrom(onnx.numpy_helper.from_array(
+                    value.detach().float().numpy(), node.input[index]))
         return node
 
     for node in quantized.graph.nodes:

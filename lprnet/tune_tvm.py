@@ -370,7 +370,13 @@ def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_tri
     records_before = len(database)
     # MetaSchedule's console handler takes the level its logger has when the loggers are made: keep the console to
     # warnings (the progress bar shows the rest) and the details in the log files.
-    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    meta_schedule_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    meta_schedule_logger.setLevel(logging.WARNING)
+    # MetaSchedule's logging config re-lists this logger's handlers by name: an earlier run's file handler points
+    # into its removed log folder, and an unnamed handler (one pytest leaves between tests) fails the config.
+    for handler in list(meta_schedule_logger.handlers):
+        meta_schedule_logger.removeHandler(handler)
+        handler.close()
     with _log_folder(log_dir) as logs, _environment("TVM_NUM_THREADS", str(threads)):
         # The LocalRunner's worker process inherits TVM_NUM_THREADS (set above): without it TVM runs each candidate on
         # half the CPUs, not on the `threads` the model will run with.

@@ -100,5 +100,5 @@ def test_an_int8_model_of_other_weights_is_refused(tmp_path, random_model, latin
     export_onnx(random_model, latin, fp32_path)
     torch.manual_seed(5)
     other = LPRNet(random_model.config).eval()
-    with pytest.raises(ValueError, match="backbone.0: expected one ONNX Conv with these int8 weights, found 0"):
+    with pytest.raises(ValueError, match="backbone.0: weights differ from ONNX .* by [0-9]+%"):
         torch_int8_plan(onnx.load(str(fp32_path)), int8_torch_model(other, images_and_labels[0]))
