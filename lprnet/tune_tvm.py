@@ -373,7 +373,7 @@ def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_tri
     meta_schedule_logger = logging.getLogger("tvm.s_tir.meta_schedule")
     meta_schedule_logger.setLevel(logging.WARNING)
     # MetaSchedule's logging config re-lists this logger's handlers by name: an earlier run's file handler points
-    # into its removed log folder, and an unnamed handler (one pytest leaves between tests) fails the config.
+    # into its removed log folder, and a handler without a name (seen under pytest) fails the config.
     for handler in list(meta_schedule_logger.handlers):
         meta_schedule_logger.removeHandler(handler)
         handler.close()
