@@ -198,11 +198,11 @@ def wait_for_queue(repo: Path, timeout_s: float) -> str:
 
 def test_a_queued_sweep_runs_in_two_workers_and_reruns_exactly_the_downstream_stages(repo, tmp_path):
     commit(repo, "first results")
-    stages = set(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
-    # One experiment runs the whole pipeline; the other only up to export-onnx, as the README's sweep does (the TVM
-    # stages are most of a tiny run's time).
-    sweep = {"ratio-50": (0.5, [], stages - {"data", "baseline"}),
-             "ratio-40": (0.4, ["export-onnx"], {"prune", "calibrate", "quantize", "export-onnx"})}
+    # One experiment runs up to the first TVM stage, the other up to export-onnx, as the README's sweep does: the
+    # later TVM stages and the benchmark are most of a tiny run's time, and the test budget is 15 minutes.
+    up_to_onnx = {"prune", "calibrate", "quantize", "export-onnx"}
+    sweep = {"ratio-50": (0.5, ["tvm-import"], up_to_onnx | {"tvm-import"}),
+             "ratio-40": (0.4, ["export-onnx"], up_to_onnx)}
     for name, (ratio, targets, _) in sweep.items():
         run([*DVC, "exp", "run", "--queue", "-S", f"prune.ratio={ratio}", "-n", name, *targets], repo)
     run([*DVC, "queue", "start", "-j", "2"], repo)
