@@ -81,7 +81,6 @@ def write_sweep(param: str, out: str | os.PathLike, repo: str | None = None, num
         raise ValueError(f"{repo or Path.cwd()}: cannot list DVC experiments ({error})") from None
     table = sweep_table(rows, param)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out.with_suffix(".csv"), table.to_csv(index=False))
     plot_sweep(table, param, out.with_suffix(".png"))
     return table

@@ -467,8 +467,7 @@ def tuning_curve(database_dir: str | os.PathLike, mod: tvm.IRModule, target: dic
     trials ran (e.g. `take`, see `tune`) stays untuned and is left out; waiting for it would leave no curve."""
     weights = [int(task.weight) for task in extract_tasks(mod, target)]
     records = module_records(database_dir, mod, target)
-    timeable = sorted({task for task, seconds in records if seconds < FAILED_RUN_S})
-    best = dict.fromkeys(timeable, math.inf)
+    best = {task: math.inf for task, seconds in records if seconds < FAILED_RUN_S}  # the timeable tasks
     curve = []
     for trials, (task, seconds) in enumerate(records, start=1):
         if task in best and seconds < FAILED_RUN_S:

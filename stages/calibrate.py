@@ -17,7 +17,7 @@ from lprnet.calibrate import calibrate, get_method, save_calibration
 from lprnet.data import load_prepared
 from lprnet.export import export_onnx
 from lprnet.io import atomic_dir, write_json_atomic
-from lprnet.quantize_onnx import TORCH_RANGES, calibrate_onnx, calibration_method
+from lprnet.quantize_onnx import CALIBRATION_METHODS, TORCH_RANGES, calibrate_onnx
 from lprnet.stage import parse_args, read_section, run
 
 
@@ -32,8 +32,9 @@ def main() -> None:
     args = parse_args(__doc__, ["pruned", "data", "out", "metrics"])
     params = read_section(args.params, "calibrate", CalibrateParams)
     get_method(params.method)
-    if params.onnx_method != TORCH_RANGES:
-        calibration_method(params.onnx_method)
+    if params.onnx_method != TORCH_RANGES and params.onnx_method not in CALIBRATION_METHODS:
+        raise ValueError(f"calibrate.onnx_method: unknown value {params.onnx_method!r}; valid: "
+                         f"{', '.join([TORCH_RANGES, *CALIBRATION_METHODS])}")
     if params.num_images < 0:
         raise ValueError(f"calibrate.num_images must be >= 0, got {params.num_images}")
     model, alphabet = load_model(args.pruned)
