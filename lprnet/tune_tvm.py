@@ -33,7 +33,9 @@ from tvm import relax
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.builder import PyBuilder
+from tvm.s_tir.meta_schedule.builder.local_builder import default_export
 from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
 from lprnet import compile_tvm
 from lprnet.io import write_bytes_atomic, write_text_atomic
@@ -48,6 +50,7 @@ MAX_TRIALS_PER_ITERATION = 64  # MetaSchedule's default batch of candidates per 
 # build function's start, after the worker process has imported TVM.
 BUILD_TIMEOUT_S = 30.0
 RUN_TIMEOUT_S = 30.0
+WORKER_USES = 64  # builds per builder worker process before it is replaced (see _PooledBuilder)
 # An RPC session uploads one candidate, has the server link it into a shared library and times it: RUN_TIMEOUT_S plus
 # room for the upload and the link on a slow device. It is also how long the tracker may take to answer.
 RPC_SESSION_TIMEOUT_S = 60
@@ -112,20 +115,24 @@ class TrialPlan:
     per_iteration: int  # candidates a task gets each time the scheduler picks it
 
 
-def plan_trials(num_tasks: int, total_trials: int, trials_per_task: int) -> TrialPlan:
+def plan_trials(num_tasks: int, total_trials: int, trials_per_task: int,
+                trials_per_iteration: int = MAX_TRIALS_PER_ITERATION) -> TrialPlan:
     """How `total_trials` is shared among `num_tasks` tasks, none of which gets more than `trials_per_task`.
 
     The gradient-based scheduler first gives every task one batch of `per_iteration` candidates in turn, then spends
-    the rest of the budget on the tasks whose best latency improves most. A batch of total_trials // num_tasks
-    (at most trials_per_task) makes sure that first round reaches every task before the budget runs out.
+    the rest of the budget, a batch at a time, on the tasks whose best latency improves most. A batch is at most
+    `trials_per_iteration` and at most total_trials // num_tasks, so that the first round reaches every task before
+    the budget runs out. Each batch costs a round of evolutionary search, about 8 s here whatever its size, on top of
+    about 0.5 s per candidate to build and time: small batches spend the time searching.
     """
-    for name, value in (("total_trials", total_trials), ("trials_per_task", trials_per_task)):
+    for name, value in (("total_trials", total_trials), ("trials_per_task", trials_per_task),
+                        ("trials_per_iteration", trials_per_iteration)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if total_trials < num_tasks:
         raise ValueError(f"total_trials={total_trials} is less than the {num_tasks} tasks to tune: every task needs "
                          f"at least one trial")
-    per_iteration = min(trials_per_task, total_trials // num_tasks, MAX_TRIALS_PER_ITERATION)
+    per_iteration = min(trials_per_task, total_trials // num_tasks, trials_per_iteration)
     return TrialPlan(total=min(total_trials, num_tasks * trials_per_task), per_task=trials_per_task,
                      per_iteration=per_iteration)
 
@@ -227,22 +234,47 @@ def build_without_tensor_intrinsics(mod: tvm.IRModule, target: tvm.target.Target
     return build(mod, target=target)
 
 
+def _build_and_export(mod: tvm.IRModule, target: tvm.target.Target) -> str:
+    """What a builder worker does with one candidate: compile it, write it to a file for the runner, return the path."""
+    return default_export(build_without_tensor_intrinsics(mod, target))
+
+
 @derived_object
-class _CountingBuilder(PyBuilder):
-    """A builder that advances the progress bar by each batch it builds (the runner times the batch right after).
+class _PooledBuilder(PyBuilder):
+    """MetaSchedule's LocalBuilder with its worker processes kept from one batch to the next, advancing the progress
+    bar by each batch it builds (the runner times the batch right after).
 
-    Counted here because the scheduler hands results to the measure callbacks only once every task has had its
-    first batch: with 29 tasks the bar would stand still for minutes."""
+    LocalBuilder starts a fresh pool for every batch (against a memory leak of long-lived workers), and each worker
+    imports TVM first: measured here on four kernels, rounds of 2 candidates took 9.5 s instead of 11 s with the pool
+    kept. Here a worker is replaced after WORKER_USES builds instead. The bar is advanced here because the scheduler
+    hands results to the measure callbacks only once every task has had its first batch: with 36 tasks it would
+    stand still for minutes."""
 
-    def __init__(self, builder: ms.Builder, bar):
+    def __init__(self, max_workers: int, timeout_sec: float, bar, start: float):
         super().__init__()
-        self.builder = builder
+        self.pool = PopenPoolExecutor(max_workers=max_workers, timeout=timeout_sec, maximum_process_uses=WORKER_USES)
+        self.timeout_sec = timeout_sec
         self.bar = bar
+        self.start = start
+        self.timeline: list[tuple[int, float]] = []  # (candidates built so far, seconds since `start`)
 
     def build(self, build_inputs):
-        results = self.builder.build(build_inputs)
+        results = []
+        for result in self.pool.map_with_error_catching(lambda args: _build_and_export(*args),
+                                                        [(item.mod, item.target) for item in build_inputs]):
+            if result.status == StatusKind.COMPLETE:
+                results.append(ms.builder.BuilderResult(result.value, None))
+            elif result.status == StatusKind.TIMEOUT:
+                results.append(ms.builder.BuilderResult(None, f"build timed out after {self.timeout_sec} s"))
+            else:
+                results.append(ms.builder.BuilderResult(None, f"build failed: {result.value}"))
         self.bar.update(len(build_inputs))
+        built = self.timeline[-1][0] if self.timeline else 0
+        self.timeline.append((built + len(build_inputs), time.perf_counter() - self.start))
         return results
+
+    def shutdown(self) -> None:
+        self.pool.shutdown()
 
 
 @derived_object
@@ -323,10 +355,13 @@ class TuningRun:
     trials: int  # candidates built and timed by this call, failures included
     failed_trials: int
     seconds: float
+    # (trials, seconds since the call started) after each batch built; the last batch's trials are timed after it.
+    timeline: tuple[tuple[int, float], ...] = ()
 
 
 def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_trials: int, trials_per_task: int, *,
-         seed: int = 0, threads: int | None = None, log_dir: str | os.PathLike | None = None,
+         trials_per_iteration: int = MAX_TRIALS_PER_ITERATION, seed: int = 0, threads: int | None = None,
+         log_dir: str | os.PathLike | None = None,
          progress: bool = True, rpc: RPCTarget | None = None) -> TuningRun:
     """Tune the kernels of `mod` that the database in `work_dir` has no trial for (see `tasks_to_tune`), appending
     to that database; kernels none of whose trials worked stay untuned, with a warning.
@@ -353,10 +388,12 @@ def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_tri
     tasks = extract_tasks(mod, target)
     if not tasks:
         raise ValueError("the module has no TIR kernels to tune (run the layout passes, with legalize_ops, first)")
-    plan_trials(len(tasks), total_trials, trials_per_task)  # a budget too small for the whole module fails at once
+    # A budget too small for the whole module fails here, at once.
+    plan_trials(len(tasks), total_trials, trials_per_task, trials_per_iteration)
     work_dir = Path(work_dir)
     settings = {"format": SETTINGS_FORMAT, "target": target, "total_trials": total_trials,
-                "trials_per_task": trials_per_task, "seed": seed, "tvm_version": tvm.__version__}
+                "trials_per_task": trials_per_task, "trials_per_iteration": trials_per_iteration, "seed": seed,
+                "tvm_version": tvm.__version__}
     _check_settings(work_dir, settings)
     database = open_database(work_dir, create=True)
     write_text_atomic(work_dir / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
@@ -366,7 +403,7 @@ def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_tri
             tqdm.write(f"tune: {work_dir} has records for all {len(tasks)} tasks; nothing to tune")
         return TuningRun(database, len(tasks), 0, 0, 0, time.perf_counter() - start)
 
-    plan = plan_trials(len(todo), total_trials, trials_per_task)
+    plan = plan_trials(len(todo), total_trials, trials_per_task, trials_per_iteration)
     records_before = len(database)
     # MetaSchedule's console handler takes the level its logger has when the loggers are made: keep the console to
     # warnings (the progress bar shows the rest) and the details in the log files.
@@ -380,7 +417,7 @@ def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_tri
     with _log_folder(log_dir) as logs, _environment("TVM_NUM_THREADS", str(threads)):
         # The LocalRunner's worker process inherits TVM_NUM_THREADS (set above): without it TVM runs each candidate on
         # half the CPUs, not on the `threads` the model will run with.
-        runner = _runner(rpc)
+        runner, builder = _runner(rpc), None
         try:
             if progress:
                 # Making the contexts imports tvm.s_tir.tensor_intrin (tens of seconds) before the first trial.
@@ -390,8 +427,7 @@ def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_tri
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                 todo, logs, num_threads=threads, seed=seed)
             with tqdm(total=plan.total, desc="tune", unit="trial", disable=not progress, mininterval=2) as bar:
-                builder = _CountingBuilder(ms.builder.LocalBuilder(
-                    f_build=build_without_tensor_intrinsics, max_workers=threads, timeout_sec=BUILD_TIMEOUT_S), bar)
+                builder = _PooledBuilder(threads, BUILD_TIMEOUT_S, bar, start)
                 tracker = _TrialResults(bar, [task.task_name for task in todo], [float(w) for w in weights])
                 cost_model = ms.cost_model.XGBModel(
                     config=ms.cost_model.xgb_model.XGBConfig(seed=seed, nthread=threads), num_tuning_cores=threads)
@@ -403,6 +439,8 @@ def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_tri
                     task_scheduler=ms.task_scheduler.GradientBased(seed=seed))
         finally:
             runner.pool.shutdown()
+            if builder is not None:
+                builder.shutdown()
 
     trials = len(database) - records_before
     still_untuned = untuned_tasks(todo, database, target)
@@ -414,7 +452,8 @@ def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_tri
     if still_untuned:
         logger.warning("tune: no working candidate for %s; these kernels stay untuned",
                        ", ".join(task.task_name for task in still_untuned))
-    return TuningRun(database, len(tasks), len(todo), trials, tracker.failures, time.perf_counter() - start)
+    return TuningRun(database, len(tasks), len(todo), trials, tracker.failures, time.perf_counter() - start,
+                     tuple(builder.timeline))
 
 
 # ---------------------------------------------------------------------------------------------------------- apply

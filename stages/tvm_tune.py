@@ -31,6 +31,7 @@ from lprnet.tvm_pipeline import PRECISIONS, TVMParams, check_parity
 class TuneParams:
     total_trials: int  # per precision, shared among its kernels (tasks); at least one per task
     trials_per_task: int  # at most this many for any one task
+    trials_per_iteration: int  # candidates per task and search round (see tune_tvm.plan_trials)
     seed: int = 0
     rpc_tracker: str = ""  # "host:port" of a TVM RPC tracker; "": time candidates on this machine
     rpc_key: str = ""  # the device key of the tracker's servers
@@ -72,7 +73,8 @@ def main() -> None:
     # to run this stage's artifact, parity and metrics quickly; the tuning itself is tested in test_tune_tvm.py.
     tuning_enabled = params.total_trials != 0
     for mod in modules.values() if tuning_enabled else ():  # a budget too small fails before any tuning
-        tune_tvm.plan_trials(len(tune_tvm.extract_tasks(mod, target)), params.total_trials, params.trials_per_task)
+        tune_tvm.plan_trials(len(tune_tvm.extract_tasks(mod, target)), params.total_trials, params.trials_per_task,
+                             params.trials_per_iteration)
     onnx_models = {"fp32": args.fp32, "int8": args.int8}
     source = load_model(args.pruned)[0]
     images, labels = load_prepared(args.data, "test")
@@ -85,13 +87,15 @@ def main() -> None:
                                                    seconds=0.0), mod
             else:
                 tuning = tune_tvm.tune(mod, target, args.database, params.total_trials, params.trials_per_task,
-                                       seed=params.seed, threads=bench.threads, rpc=rpc)
+                                       trials_per_iteration=params.trials_per_iteration, seed=params.seed,
+                                       threads=bench.threads, rpc=rpc)
                 tuned = tune_tvm.apply_database(mod, target, args.database)
             compile_tvm.save_artifact(tmp / precision, compile_tvm.build(tuned, target), tuned, target,
                                       compile_tvm.module_input_shape(mod), compile_tvm.module_alphabet_name(mod),
                                       extra={"step": "tvm-tune", "tuning": {
                                           "total_trials": params.total_trials,
-                                          "trials_per_task": params.trials_per_task, "seed": params.seed,
+                                          "trials_per_task": params.trials_per_task,
+                                          "trials_per_iteration": params.trials_per_iteration, "seed": params.seed,
                                           "tasks": tuning.tasks, "kernels_tuned": tune_tvm.count_tuned_kernels(tuned)}})
             predictor = compile_tvm.TVMPredictor(tmp / precision, bench.threads)
             reference = load_predictor(onnx_models[precision], bench.threads)

@@ -65,6 +65,10 @@ def test_tuning_writes_the_database_and_gives_every_task_trials(tuned, module):
     assert run.tasks == run.tuned_tasks == 3
     assert TOTAL_TRIALS <= run.trials < TOTAL_TRIALS + TRIALS_PER_TASK  # a last batch may overshoot the budget
     assert len(run.database) == run.trials
+    built = [trials for trials, _ in run.timeline]
+    seconds = [s for _, s in run.timeline]
+    assert built == sorted(built) and built[-1] == run.trials
+    assert seconds == sorted(seconds) and seconds[-1] < run.seconds
     assert tune_tvm.untuned_tasks(tune_tvm.extract_tasks(module, TARGET), run.database, TARGET) == []
     records = tune_tvm.module_records(folder, module, TARGET)
     assert len(records) == run.trials and {task for task, _ in records} == {0, 1, 2}
@@ -205,6 +209,31 @@ def test_tuning_target_fills_in_the_cpu_and_cores():
 ])
 def test_the_trial_plan_shares_the_budget(tasks, total, per_task, expected):
     assert tune_tvm.plan_trials(tasks, total, per_task) == expected
+
+
+def test_the_trial_plan_keeps_batches_to_trials_per_iteration():
+    assert tune_tvm.plan_trials(36, 1152, 64, 8) == tune_tvm.TrialPlan(total=1152, per_task=64, per_iteration=8)
+    assert tune_tvm.plan_trials(36, 72, 64, 8).per_iteration == 2  # still reaches every task in round one
+    with pytest.raises(ValueError, match="trials_per_iteration must be a positive integer, got 0"):
+        tune_tvm.plan_trials(36, 72, 64, 0)
+
+
+def test_a_database_prefix_tunes_only_the_kernels_its_trials_reached(tuned, module, tmp_path):
+    from lprnet.tune_budget import truncate_database
+
+    folder, run = tuned
+    truncate_database(folder, tmp_path / "first-batch", TRIALS_PER_TASK)  # the first task's batch
+    assert tune_tvm.count_tuned_kernels(tune_tvm.apply_database(module, TARGET, tmp_path / "first-batch")) == 1
+    truncate_database(folder, tmp_path / "all", run.trials)
+    assert (tmp_path / "all" / tune_tvm.RECORD_FILE).read_bytes() == (folder / tune_tvm.RECORD_FILE).read_bytes()
+    assert tune_tvm.count_tuned_kernels(tune_tvm.apply_database(module, TARGET, tmp_path / "all")) == 3
+
+
+def test_seconds_at_is_when_the_batch_holding_the_trial_was_built():
+    from lprnet.tune_budget import seconds_at
+
+    timeline = [(8, 10.0), (16, 19.5), (24, 30.0)]
+    assert [seconds_at(timeline, n) for n in (1, 8, 9, 24, 25)] == [10.0, 10.0, 19.5, 30.0, None]
 
 
 def test_applying_a_missing_database_names_the_folder(module, tmp_path):
