@@ -4,6 +4,7 @@
   python -m lprnet predict ARTIFACT IMAGE...                              one plate per image
   python -m lprnet gate --against REV                                     fail on accuracy/latency regressions
   python -m lprnet sweep PARAM [--out PREFIX] [-n N]                      plot a `dvc exp run -S PARAM=...` sweep
+  python -m lprnet tune-budget --trials N --checkpoints A,B,...           tuned TVM latency against trials
 
 ARTIFACT is any model file the pipeline writes, or a state dict published by LPRNet_Pytorch.
 """
@@ -53,13 +54,56 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", type=Path, help="output prefix (default: reports/sweep_PARAM)")
     sweep.add_argument("-n", "--num", type=int, default=1,
                        help="include experiments of the last N commits, as `dvc exp show -n` (default: 1)")
+
+    budget = commands.add_parser("tune-budget", help="tune the layout-passed module long, time checkpoints of it")
+    budget.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
+    budget.add_argument("--trials", type=int, required=True, help="total MetaSchedule trials")
+    budget.add_argument("--per-task", type=int, default=64, help="at most this many trials for any one kernel")
+    budget.add_argument("--per-iteration", type=int, default=8, help="candidates per task and search round")
+    budget.add_argument("--checkpoints", required=True, help="comma-separated trial counts to build and time")
+    budget.add_argument("--seed", type=int, default=0)
+    budget.add_argument("--models", type=Path, default=Path("models"), help="the pipeline's models folder")
+    budget.add_argument("--work-dir", type=Path, help="database folder (default: models/tune-budget/PRECISION-TRIALS)")
+    budget.add_argument("--out", type=Path, help="output prefix (default: reports/tune_budget_PRECISION)")
+    budget.add_argument("--params", type=Path, default=Path("params.yaml"), help="its tvm target and bench settings")
     return parser
+
+
+def tune_budget(args) -> int:
+    from lprnet.params import read_section
+    from lprnet.tune_budget import write_budget_study
+    from lprnet.tvm_pipeline import TVMParams
+
+    try:
+        checkpoints = [int(part) for part in args.checkpoints.split(",")]
+    except ValueError:
+        print(f"error: --checkpoints {args.checkpoints!r}: expected comma-separated integers", file=sys.stderr)
+        return 1
+    try:
+        bench = read_section(args.params, "bench", BenchConfig)
+        target = read_section(args.params, "tvm", TVMParams).target
+        table = write_budget_study(
+            args.out or Path("reports") / f"tune_budget_{args.precision}",
+            layout_ir=args.models / "tvm" / "layout" / f"{args.precision}.json",
+            onnx_model=args.models / "onnx" / f"{args.precision}.onnx",
+            untuned=args.models / "tvm" / "import" / args.precision,
+            work_dir=args.work_dir or args.models / "tune-budget" / f"{args.precision}-{args.trials}",
+            total_trials=args.trials, trials_per_task=args.per_task, trials_per_iteration=args.per_iteration,
+            checkpoints=checkpoints, target=target,
+            bench=bench, seed=args.seed)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(table.to_string(index=False))
+    return 0
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "gate":
         return gate.run(args)
+    if args.command == "tune-budget":
+        return tune_budget(args)
     if args.command == "sweep":
         from lprnet.sweep import write_sweep
 

@@ -58,3 +58,17 @@ def test_published_weights_reach_the_reference_accuracy_at_any_batch(published_w
         accuracies.append(json.loads(capsys.readouterr().out)["accuracy"])
     # ../shared/lprnet-pretrained/README.md: 445 / 498 at batch 1.
     assert accuracies == [445 / 498, 445 / 498]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--checkpoints", "10,x"], "error: --checkpoints '10,x': expected comma-separated integers"),
+    (["--checkpoints", "5,11"], "error: checkpoints [5, 11]: expected trial counts in 1..10 (--trials)"),
+    (["--checkpoints", "10"], "no-models/tvm/layout/fp32.json"),
+])
+def test_tune_budget_refuses_bad_input_before_tuning(tmp_path, capsys, monkeypatch, extra, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("bench: {threads: 2}\ntvm: {target: {kind: llvm}}\n")
+    assert main(["tune-budget", "--trials", "10", "--models", "no-models", *extra]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and message in error
+    assert not (tmp_path / "no-models").exists() and not (tmp_path / "reports").exists()
