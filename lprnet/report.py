@@ -103,6 +103,48 @@ def artifact_table(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# The speed issue's targets, measured by the benchmark stage: (what, target, at most or at least).
+MAX_TUNED_VS_ORT = 1.0  # tuned TVM fp32 p50 / ONNX Runtime fp32 p50, same model
+MIN_TUNED_SPEEDUP = 20.0  # untuned tvm-import fp32 p50 / tuned TVM fp32 p50
+MIN_FAST_SPEEDUP = 3.0  # ONNX Runtime fp32 on the baseline / the fastest artifact within ACCURACY_BAND of the baseline
+ACCURACY_BAND = 0.01
+
+
+def target_rows(table: list[dict], metrics: dict[str, dict], benchmark: dict) -> list[dict]:
+    """The speed targets, each with its measured value and whether it holds (None where an input is missing)."""
+    by_key = {row["key"]: row for row in table}
+    tuned, untuned = by_key.get("tvm_tune_fp32"), by_key.get("tvm_import_fp32")
+    reference = benchmark.get("ort_fp32_baseline", {}).get("latency_ms_p50")
+    baseline_accuracy = metrics.get("baseline", {}).get("accuracy")
+    candidates = [(row["latency_ms_p50"], row["artifact"]) for row in table
+                  if None not in (row["accuracy"], baseline_accuracy)
+                  and row["accuracy"] >= baseline_accuracy - ACCURACY_BAND - 1e-9]
+    if reference is not None and baseline_accuracy is not None:
+        candidates.append((reference, "ONNX Runtime fp32 baseline"))  # the baseline model itself qualifies
+    fastest = min(candidates) if candidates else None
+    targets = [
+        ("tuned TVM fp32 / ONNX Runtime fp32, same model", f"<= {MAX_TUNED_VS_ORT:g}",
+         tuned["ratio_vs_ort_fp32"] if tuned else None, lambda value: value <= MAX_TUNED_VS_ORT),
+        ("untuned TVM (import) fp32 / tuned TVM fp32", f">= {MIN_TUNED_SPEEDUP:g}",
+         untuned["latency_ms_p50"] / tuned["latency_ms_p50"] if tuned and untuned else None,
+         lambda value: value >= MIN_TUNED_SPEEDUP),
+        (f"ONNX Runtime fp32 baseline / fastest within {100 * ACCURACY_BAND:g} point of the baseline"
+         + (f" ({fastest[1]})" if fastest else ""), f">= {MIN_FAST_SPEEDUP:g}",
+         reference / fastest[0] if fastest and reference else None, lambda value: value >= MIN_FAST_SPEEDUP),
+    ]
+    return [{"target": what, "goal": goal, "value": value, "met": None if value is None else bool(holds(value))}
+            for what, goal, value, holds in targets]
+
+
+def targets_table(rows: list[dict]) -> str:
+    lines = ["| target | goal | measured | met |", "|---|---|---|---|"]
+    for row in rows:
+        value = "-" if row["value"] is None else f"{row['value']:.2f}"
+        met = {None: "-", True: "yes", False: "no"}[row["met"]]
+        lines.append(f"| {row['target']} | {row['goal']} | {value} | {met} |")
+    return "\n".join(lines)
+
+
 def delta_table(current: dict[str, dict], previous: dict[str, dict],
                 keys=("accuracy", "latency_ms_p50", "size_bytes")) -> str:
     lines = ["| metrics file | key | previous | now | change |", "|---|---|---|---|---|"]

@@ -72,6 +72,12 @@ ONNX Runtime fp32 on the unpruned baseline: {benchmark['ort_fp32_baseline']['lat
 
 {report.artifact_table(table)}
 
+## Speed targets
+
+Batch 1, from this benchmark. "Within 1 point": plate accuracy at most one percentage point below the baseline's.
+
+{report.targets_table(report.target_rows(table, metrics, benchmark))}
+
 ![accuracy vs latency](pareto.png)
 
 ![sizes](sizes.png)
