@@ -2,8 +2,9 @@
 
 One long `tune_tvm.tune` run of a layout-passed module, then, for each checkpoint N, the model built from the first
 N trials its database recorded, all timed interleaved in one process (bench.interleaved_latency) with ONNX Runtime
-on the same model and the untuned TVM build. A prefix of one long run stands for a shorter run: the task scheduler
-spends the first trials the same way whatever the total, except that a shorter total caps each task earlier.
+on the same model and the untuned TVM build. A prefix of one long run stands for a shorter run with the same batch
+size (totals of at least tasks x per-iteration trials): the task scheduler spends the first trials the same way
+whatever the total, except that a shorter total caps each task earlier.
 
 Not a DVC stage: the budgets that matter take far longer than the pipeline's default tuning. Run by hand
 (`python -m lprnet tune-budget`). The database folder is kept: a second run with the same settings only rebuilds and
@@ -35,9 +36,13 @@ def truncate_database(source: str | os.PathLike, destination: str | os.PathLike,
     (destination / tune_tvm.RECORD_FILE).write_text("".join(lines[:trials]), encoding="utf-8")
 
 
-def seconds_at(timeline: Sequence[tuple[int, float]], trials: int) -> float | None:
-    """Tuning seconds until the batch holding trial `trials` was built (None if this run built no such batch)."""
-    return next((seconds for built, seconds in timeline if built >= trials), None)
+def seconds_at(timeline: Sequence[tuple[int, float]], trials: int, earlier: int = 0) -> float | None:
+    """Tuning seconds until the batch holding the database's trial `trials` was built, for a run whose `timeline`
+    (see TuningRun) started after `earlier` recorded trials: None if that trial is not one of this run's, since the
+    time of an earlier, interrupted run is not known."""
+    if trials <= earlier:
+        return None
+    return next((seconds for built, seconds in timeline if earlier + built >= trials), None)
 
 
 def budget_study(layout_ir: str | os.PathLike, onnx_model: str | os.PathLike, untuned: str | os.PathLike,
@@ -74,7 +79,7 @@ def budget_study(layout_ir: str | os.PathLike, onnx_model: str | os.PathLike, un
     reference, untuned_ms = latency["ort_fp32"]["latency_ms_p50"], latency["tvm_untuned"]["latency_ms_p50"]
     rows = []
     for trials in checkpoints:
-        seconds = seconds_at(run.timeline, trials) if run.trials >= trials else None
+        seconds = seconds_at(run.timeline, trials, earlier=recorded - run.trials) if run.trials else None
         tuned_ms = latency[trials]["latency_ms_p50"]
         rows.append({"trials": trials, "tuning_minutes": None if seconds is None else round(seconds / 60, 2),
                      "tvm_tuned_ms_p50": tuned_ms, "tvm_tuned_ms_p90": latency[trials]["latency_ms_p90"],

@@ -234,6 +234,8 @@ def test_seconds_at_is_when_the_batch_holding_the_trial_was_built():
 
     timeline = [(8, 10.0), (16, 19.5), (24, 30.0)]
     assert [seconds_at(timeline, n) for n in (1, 8, 9, 24, 25)] == [10.0, 10.0, 19.5, 30.0, None]
+    # A run resumed after 8 recorded trials: its first batch holds trials 9..16; trials 1..8 are not its own.
+    assert [seconds_at(timeline, n, earlier=8) for n in (8, 9, 16, 17, 32, 33)] == [None, 10.0, 10.0, 19.5, 30.0, None]
 
 
 def test_applying_a_missing_database_names_the_folder(module, tmp_path):
