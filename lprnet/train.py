@@ -2,7 +2,8 @@
 
 Adam with a one-cycle learning-rate schedule, periodic validation on a held-out split (never the test split),
 early stop when validation accuracy has not improved for `patience` checks, and the best weights restored at
-the end. Channels-last memory format: ~1.5x faster training on this CPU. Does not load or save files.
+the end (with `keep_start`, the starting weights compete too). Channels-last memory format: ~1.5x faster
+training on this CPU. Does not load or save files.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class TrainConfig:
     patience: int = 5  # validations without improvement before stopping
     seed: int = 0
     threads: int = 2
+    # Fine-tuning: validate the starting weights too (history row at step 0) and return them when no later validation
+    # beats them, so fine-tuning cannot make a model worse on the validation split than it started.
+    keep_start: bool = False
 
 
 def ctc_loss(logits: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor, blank: int):
@@ -61,6 +65,15 @@ def train_ctc(model: LPRNet, alphabet: Alphabet, train: tuple[np.ndarray, np.nda
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps,
                                                    pct_start=0.15)
     history, best_accuracy, best_state, stale = [], -1.0, None, 0
+    if config.keep_start:
+        # Why: the published LPRNet weights carry batch-norm running statistics far from their batch statistics on
+        # plates (the stem's are still mean 0, variance 1), so in train mode they compute another function: 300
+        # fine-tuning steps on 145 plates ended at 0 % validation accuracy where the start, pruned by 0.3, had 90 %.
+        start = evaluate(TorchPredictor(model, alphabet), *validation, batch_size=128)
+        history.append({"step": 0, "epoch": 0.0, "train_loss": float("nan"), "val_accuracy": start["accuracy"],
+                        "val_char_accuracy": start["char_accuracy"], "lr": schedule.get_last_lr()[0]})
+        best_accuracy = start["accuracy"]
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     running_loss, order = [], np.array([], dtype=int)
     progress = tqdm(range(1, total_steps + 1), desc="train", mininterval=5)
     for step in progress:

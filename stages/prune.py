@@ -1,7 +1,9 @@
 """DVC stage `prune`: lossless dead-channel removal, then structural filter pruning, then optional fine-tuning.
 
-Writes the pruned model, and metrics with the common keys, the reduction ratios against the baseline, and what
-the lossless step removed. Fine-tuning reads the train split and validates on calib; the test split is only scored.
+Writes the pruned model, and metrics with the common keys, the reduction ratios against the baseline, what the
+lossless step removed and, when it fine-tunes, the validation accuracy before and after (fine-tuning keeps the
+starting weights when no validation beats them). Fine-tuning reads the train split and validates on calib; the
+test split is only scored.
 """
 
 from __future__ import annotations
@@ -41,11 +43,18 @@ def main() -> None:
     model, dead = remove_dead_channels(baseline)
     lossless_macs = count_macs(model)
     model = prune_channels(model, params.ratio, params.criterion, params.scope)
+    finetuning = {}
     if params.finetune_steps > 0:
         config = TrainConfig(steps=params.finetune_steps, batch_size=params.batch_size, lr=params.finetune_lr,
                              eval_every=max(1, params.finetune_steps // 5), patience=10**9, seed=params.seed,
-                             threads=bench.threads)
-        train_ctc(model, alphabet, load_prepared(args.data, "train"), load_prepared(args.data, "calib"), config)
+                             threads=bench.threads, keep_start=True)
+        history = train_ctc(model, alphabet, load_prepared(args.data, "train"), load_prepared(args.data, "calib"),
+                            config)
+        best = max(history, key=lambda row: row["val_accuracy"])  # the first of equals: what train_ctc keeps
+        # Validation (calib split) accuracy before fine-tuning and of the weights kept, and the step they are from
+        # (0: fine-tuning did not beat the start).
+        finetuning = {"finetune_val_accuracy_start": history[0]["val_accuracy"],
+                      "finetune_val_accuracy": best["val_accuracy"], "finetune_kept_step": best["step"]}
     save_model(args.model, model, alphabet)
 
     metrics = artifact_metrics(TorchPredictor(model, alphabet, bench.threads), args.model,
@@ -57,6 +66,7 @@ def main() -> None:
         "dead_channels_removed": dead["dead_channels_removed"],
         "dead_channels_kept": dead["dead_channels_kept"],
         "dead_macs_removed": before["macs"] - lossless_macs,
+        **finetuning,
     })
     write_json_atomic(args.metrics, metrics)
 

@@ -62,7 +62,7 @@ def main() -> None:
         prepared = prepare_qat(model, calibration)
         config = TrainConfig(steps=params.qat_steps, batch_size=params.qat_batch_size, lr=params.qat_lr,
                              eval_every=max(1, params.qat_steps // 5), patience=10**9, seed=params.seed,
-                             threads=bench.threads)
+                             threads=bench.threads, keep_start=True)
         train_ctc(prepared, alphabet, load_prepared(args.data, "train"), load_prepared(args.data, "calib"), config)
         int8_model = convert_qat(prepared)
         extra["ptq_accuracy"] = ptq_accuracy
