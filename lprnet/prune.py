@@ -145,6 +145,12 @@ def _remove_channels(model: LPRNet, keep: Mapping[str, Sequence[int]],
         group = GROUPS_BY_NAME[name]
         if len(kept) == group_width(model, group):
             continue
+        if group.pool:
+            # The channels the pool selects first, so that its selection is the slice [0, m): an uneven selection is
+            # an index-select (ONNX Gather, Relax take), which TVM's ConvertLayout cannot move to NHWC, so it wrapped
+            # each pool in two NCHW<->NHWC transposes. The context normalisation sums over channels: order-free.
+            selected = [k for k in _pool_channels(config, group) if k in set(kept)]
+            kept = selected + [k for k in kept if k not in set(selected)]
         for suffix in ("weight", "bias"):
             select(f"{group.producer}.{suffix}", 0, kept)
         if group.norm:
@@ -160,13 +166,14 @@ def _remove_channels(model: LPRNet, keep: Mapping[str, Sequence[int]],
             changes[f"pool{group.pool}_keep"] = selection
         if group.context_tap is not None:
             tap, start = group.context_tap, offsets[group.context_tap]
-            dropped = {start + k for k in set(range(group_width(model, group))) - set(kept)}
-            container_columns = [col for col in container_columns if col not in dropped]
+            # The tap's columns, still contiguous, become its kept channels in their new order.
+            at = [i for i, col in enumerate(container_columns) if start <= col < start + group_width(model, group)]
+            container_columns[at[0]:at[-1] + 1] = [start + k for k in kept]
             # Removed channels must not change the mean-of-squares normalisation: keep dividing by the old count.
             divisors = list(changes.get("context_divisors", config.context_divisors))
             divisors[tap] = config.divisors[tap]
             changes["context_divisors"] = tuple(divisors)
-    if len(container_columns) != state["container.0.weight"].shape[1]:
+    if container_columns != list(range(state["container.0.weight"].shape[1])):
         select("container.0.weight", 1, container_columns)
 
     # An inner width of 0 means block // 4; make it explicit when that no longer holds.

@@ -83,8 +83,10 @@ def test_dead_channel_removal_is_exact_and_removes_every_removable_kind(random_m
     c = pruned.config
     # Removed context channels leave the normalisation's channel counts as they were.
     assert c.context_divisors == (64, 128, 256, 0)
-    # block1's channel 0 was pooled: pool1 now keeps the old 2, 4, ... renumbered after removing 0 and 1.
-    assert c.pool1_keep == tuple(range(0, 126, 2)) and len(c.pool2_keep) == 63
+    # block1's channel 0 was pooled: pool1 keeps the old 2, 4, ..., 126, moved to the front so that its selection is a
+    # slice (exported as Slice, not Gather); likewise pool2 after block3's pooled channel 8.
+    assert c.pool1_keep == tuple(range(63)) and c.pool2_keep == tuple(range(63))
+    assert pruned.backbone[7].is_slice and pruned.backbone[14].is_slice
     assert count_params(pruned) < before_params and count_macs(pruned) < before_macs
     # A fixed point: nothing left to remove.
     assert remove_dead_channels(pruned)[1]["dead_channels_removed"] == 0
@@ -208,8 +210,9 @@ def test_pruned_model_exports_to_onnx_and_matches_onnxruntime(random_model, lati
     kill_channels(random_model)
     model, _ = remove_dead_channels(random_model)
     model = prune_channels(model, 0.3)
-    # The pools keep uneven selections now: the export takes the index-select path.
-    assert not model.backbone[7].is_slice and not model.backbone[14].is_slice
+    # Pruning leaves every pool selection a slice [0, m) (channels reordered), exported as Slice.
+    assert model.backbone[7].slice == (0, len(model.config.pool1_channels), 1) and model.backbone[7].is_slice
+    assert model.backbone[14].slice == (0, len(model.config.pool2_channels), 1) and model.backbone[14].is_slice
     export_onnx(model, latin, tmp_path / "pruned.onnx")
     predictor = load_predictor(tmp_path / "pruned.onnx")
     x = as_input(images_and_labels[0][:5])
