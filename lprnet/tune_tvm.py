@@ -235,6 +235,26 @@ def build_without_tensor_intrinsics(mod: tvm.IRModule, target: tvm.target.Target
     return build(mod, target=target)
 
 
+def import_tensor_intrinsics() -> None:
+    """Import `tvm.s_tir.tensor_intrin` (MetaSchedule's TuneContext does, for the schedule rules) in seconds.
+
+    Written by hand because the cost is in CPython's inspect, which no library setting reaches: each of the ~250
+    TVMScript kernels in that package calls `inspect.stack()`, which looks up the module of every frame on the stack,
+    and for the importer's own frames (file name "<frozen importlib._bootstrap>", no file on disk)
+    `inspect.getmodule` finds no module and rescans all of `sys.modules`, every time. That took 30 s after importing
+    torch, ONNX and DVC (5 s with the names mapped) and over 100 s inside the test session. Mapping each frozen
+    module's file name to it in inspect's cache answers those look-ups at once; the frames still have no source
+    lines, as before, so TVM sees the same stacks.
+    """
+    import inspect
+    import sys
+
+    for name, module in list(sys.modules.items()):
+        if getattr(getattr(module, "__spec__", None), "origin", None) == "frozen":
+            inspect.modulesbyfile.setdefault(f"<frozen {name}>", name)
+    import tvm.s_tir.tensor_intrin  # noqa: F401  (registers the intrinsics)
+
+
 def _build_and_export(mod: tvm.IRModule, target: tvm.target.Target) -> str:
     """What a builder worker does with one candidate: compile it, write it to a file for the runner, return the path."""
     return default_export(build_without_tensor_intrinsics(mod, target))
@@ -421,10 +441,10 @@ def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_tri
         runner, builder = _runner(rpc), None
         try:
             if progress:
-                # Making the contexts imports tvm.s_tir.tensor_intrin (tens of seconds) before the first trial.
                 remote = f"; timed on the RPC servers {rpc.key!r} of {rpc.address}" if rpc else ""
                 tqdm.write(f"tune: {len(todo)} of {len(tasks)} tasks, {plan.total} trials ({plan.per_iteration} per "
                            f"task and round, at most {plan.per_task} per task{remote}); preparing the search spaces")
+            import_tensor_intrinsics()
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                 todo, logs, num_threads=threads, seed=seed)
             with tqdm(total=plan.total, desc="tune", unit="trial", disable=not progress, mininterval=2) as bar:
