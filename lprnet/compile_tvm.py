@@ -7,7 +7,8 @@ optimisation is one of the named passes a stage chose. The artifact is a folder 
 module's TVMScript text and a manifest; `TVMPredictor` runs it with the Relax VM without recompiling.
 
 Does not tune (MetaSchedule), does not quantize (it imports QDQ ONNX as it is: TVM then computes the convolutions in
-fp32 between quantize/dequantize pairs), and does not decode or score logits (see evaluate.py).
+fp32 between quantize/dequantize pairs, which the graph pass qdq_to_arithmetic spells out as float arithmetic), and
+does not decode or score logits (see evaluate.py).
 """
 
 from __future__ import annotations
@@ -117,6 +118,46 @@ def _convert_layout(layout: str = "NHWC", kernel_layout: str | None = None) -> t
     return relax_transform.ConvertLayout({"relax.nn.conv2d": [layout, kernel_layout]})
 
 
+def _qdq_to_arithmetic() -> tvm.transform.Pass:
+    """Each per-tensor quantize -> dequantize pair (an int8 QDQ model's activations) as the float arithmetic it
+    computes: (min(max(round(x / s) + z, qmin), qmax) - z') * s'.
+
+    Written by hand because Relax 0.27's ConvertLayout has no layout rule for quantize, dequantize or clip: it left
+    every pair in NCHW between two transposes, and FuseOps does not fuse a transpose into the convolution before it,
+    so the default int8 layout module had 49 kernels (20 with transposes) against 32 for fp32. As divide, round, add,
+    maximum, minimum, subtract and multiply by scalars, the pair follows the convolution's layout and fuses into its
+    kernel. The values are those of TVM's own quantize/dequantize legalization (the same division and rounding; the
+    clamped value is integral, so no cast is needed). Per-channel pairs are left as they are (a weight's is a
+    constant, which fold_constant has already folded).
+    """
+    data, scale, zero_point = relax.dpl.wildcard(), relax.dpl.is_const(), relax.dpl.is_const()
+    out_scale, out_zero_point = relax.dpl.is_const(), relax.dpl.is_const()
+    quantize = relax.dpl.is_op("relax.quantize")(data, scale, zero_point)
+    pair = relax.dpl.is_op("relax.dequantize")(quantize, out_scale, out_zero_point)
+
+    def as_float(value) -> relax.Constant:
+        return relax.const(float(np.asarray(value).reshape(())), "float32")
+
+    def rewrite(matched: relax.Expr, found: dict) -> relax.Expr:
+        if any(found[p].value.numpy().size != 1 for p in (scale, zero_point, out_scale, out_zero_point)):
+            return matched
+        limits = np.iinfo(str(found[quantize].attrs.out_dtype))
+        op = relax.op
+        quantized = op.add(op.round(op.divide(found[data], found[scale])), as_float(found[zero_point].value.numpy()))
+        clamped = op.minimum(op.maximum(quantized, as_float(limits.min)), as_float(limits.max))
+        return op.multiply(op.subtract(clamped, as_float(found[out_zero_point].value.numpy())), found[out_scale])
+
+    @tvm.transform.module_pass(opt_level=0, name="QDQToArithmetic")
+    def rewrite_module(mod: tvm.IRModule, _context) -> tvm.IRModule:
+        rewritten = mod.clone()  # the caller keeps its module unchanged
+        for global_var, func in mod.functions.items():
+            if isinstance(func, relax.Function):
+                rewritten[global_var] = relax.dpl.rewrite_call(pair, rewrite, func)
+        return rewritten
+
+    return rewrite_module
+
+
 # The Relax counterparts of Relay's SimplifyInference / FoldScaleAxis / FoldConstant / DeadCodeElimination. The ONNX
 # from lprnet.export has no BatchNormalization left (the exporter folds it into the convolutions), so the first two
 # only matter for other ONNX files.
@@ -127,6 +168,7 @@ GRAPH_PASSES: dict[str, PassFactory] = {
     "canonicalize_bindings": relax_transform.CanonicalizeBindings,
     "eliminate_common_subexpr": relax_transform.EliminateCommonSubexpr,
     "dead_code_elimination": relax_transform.DeadCodeElimination,
+    "qdq_to_arithmetic": _qdq_to_arithmetic,
 }
 
 LAYOUT_PASSES: dict[str, PassFactory] = {
@@ -145,7 +187,8 @@ LAYOUT_PASSES: dict[str, PassFactory] = {
 # fold_batchnorm_to_conv2d before decompose_ops_for_inference, which would otherwise turn every batch_norm into
 # arithmetic first: for a conv2d + batch_norm the order leaves 2 operators after fold_constant instead of 5.
 DEFAULT_GRAPH_PASSES = ("fold_batchnorm_to_conv2d", "decompose_ops_for_inference", "fold_constant",
-                        "canonicalize_bindings", "eliminate_common_subexpr", "dead_code_elimination")
+                        "qdq_to_arithmetic", "canonicalize_bindings", "eliminate_common_subexpr",
+                        "dead_code_elimination")
 # fold_constant right after convert_layout turns the weights' permute_dims into transposed constants.
 DEFAULT_LAYOUT_PASSES = ("convert_layout", "fold_constant", "legalize_ops", "annotate_tir_op_pattern", "fuse_ops",
                          "fuse_tir", "dead_code_elimination")
