@@ -139,9 +139,12 @@ def _qdq_to_arithmetic() -> tvm.transform.Pass:
         return relax.const(float(np.asarray(value).reshape(())), "float32")
 
     def rewrite(matched: relax.Expr, found: dict) -> relax.Expr:
-        if any(found[p].value.numpy().size != 1 for p in (scale, zero_point, out_scale, out_zero_point)):
-            return matched
-        limits = np.iinfo(str(found[quantize].attrs.out_dtype))
+        quantized_dtype, out_dtype = str(found[quantize].attrs.out_dtype), str(found[pair].attrs.out_dtype)
+        if (any(found[p].value.numpy().size != 1 for p in (scale, zero_point, out_scale, out_zero_point))
+                or str(found[scale].value.dtype) != "float32"  # ONNX: the data has the scale's type
+                or not quantized_dtype.startswith(("int", "uint")) or out_dtype != "float32"):
+            return matched  # per-channel, or dtypes whose legalization casts or clips differently
+        limits = np.iinfo(quantized_dtype)
         op = relax.op
         quantized = op.add(op.round(op.divide(found[data], found[scale])), as_float(found[zero_point].value.numpy()))
         clamped = op.minimum(op.maximum(quantized, as_float(limits.min)), as_float(limits.max))
