@@ -249,9 +249,10 @@ def import_tensor_intrinsics() -> None:
     import inspect
     import sys
 
-    for name, module in list(sys.modules.items()):
+    cache = getattr(inspect, "modulesbyfile", None)  # undocumented; without it the import is only slower
+    for name, module in list(sys.modules.items()) if isinstance(cache, dict) else ():
         if getattr(getattr(module, "__spec__", None), "origin", None) == "frozen":
-            inspect.modulesbyfile.setdefault(f"<frozen {name}>", name)
+            cache.setdefault(f"<frozen {name}>", name)
     import tvm.s_tir.tensor_intrin  # noqa: F401  (registers the intrinsics)
 
 
