@@ -77,8 +77,10 @@ def compile_step(step: str, modules: dict, passes: list[str], registry: dict, op
                                       extra={"step": step, "passes": list(passes), "pass_options": options})
             predictor = compile_tvm.TVMPredictor(tmp / precision, bench.threads)
             reference = load_predictor(onnx_models[precision], bench.threads)
-            parity, texts = check_parity(precision, predictor, reference, images, labels, params,
-                                         f"{Path(out) / precision}")
+            # These builds are untuned, their kernels single-threaded: the accuracy pass runs one VM per thread.
+            parity, texts = check_parity(precision, compile_tvm.TVMPredictor(tmp / precision, bench.threads,
+                                                                             workers=bench.threads),
+                                         reference, images, labels, params, f"{Path(out) / precision}")
             metrics[precision] = {
                 **artifact_metrics(predictor, tmp / precision, images, labels, bench, source=source, texts=texts),
                 **parity,

@@ -135,6 +135,19 @@ def test_artifact_round_trip_loads_without_recompiling(artifact, executables, la
     assert (artifact / compile_tvm.IR_FILE).read_text().startswith("# from tvm.script")
 
 
+def test_workers_return_every_chunk_in_order(artifact, executables, monkeypatch):
+    monkeypatch.setenv("TVM_NUM_THREADS", "1")  # set process-wide by threads=; monkeypatch restores them
+    monkeypatch.setenv("TVM_BIND_THREADS", "0")
+    images = example_input(7, seed=12)  # 7 chunks over 3 VMs: uneven shares
+    per_image = np.concatenate([run(executables["layout"], images[i:i + 1]) for i in range(7)])
+    predictor = compile_tvm.TVMPredictor(artifact, threads=1, workers=3)
+    np.testing.assert_array_equal(predictor(images), per_image)
+    np.testing.assert_array_equal(predictor(images[:2]), per_image[:2])  # fewer chunks than workers
+    assert predictor(images[:0]).shape == (0, *per_image.shape[1:])
+    with pytest.raises(ValueError, match="workers must be a positive integer, got 0"):
+        compile_tvm.TVMPredictor(artifact, threads=1, workers=0)
+
+
 def test_a_tampered_library_is_refused(artifact, tmp_path):
     copy = tmp_path / "tampered"
     shutil.copytree(artifact, copy)
