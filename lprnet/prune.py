@@ -149,8 +149,10 @@ def _remove_channels(model: LPRNet, keep: Mapping[str, Sequence[int]],
             # The channels the pool selects first, so that its selection is the slice [0, m): an uneven selection is
             # an index-select (ONNX Gather, Relax take), which TVM's ConvertLayout cannot move to NHWC, so it wrapped
             # each pool in two NCHW<->NHWC transposes. The context normalisation sums over channels: order-free.
-            selected = [k for k in _pool_channels(config, group) if k in set(kept)]
-            kept = selected + [k for k in kept if k not in set(selected)]
+            kept_set = set(kept)
+            selected = [k for k in _pool_channels(config, group) if k in kept_set]
+            selected_set = set(selected)
+            kept = selected + [k for k in kept if k not in selected_set]
         for suffix in ("weight", "bias"):
             select(f"{group.producer}.{suffix}", 0, kept)
         if group.norm:
