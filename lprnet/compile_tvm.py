@@ -420,9 +420,8 @@ class TVMPredictor:
         self.threads = configure_runtime_threads(threads) if threads else None
         module = tvm.runtime.load_module(str(library))
         self.vm = relax.VirtualMachine(module, tvm.cpu())
-        self._main = self.vm["main"]
         # A VM is not safe to call from two threads at once: each worker gets its own.
-        self._mains = [self._main] + [relax.VirtualMachine(module, tvm.cpu())["main"] for _ in range(workers - 1)]
+        self._mains = [self.vm["main"]] + [relax.VirtualMachine(module, tvm.cpu())["main"] for _ in range(workers - 1)]
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         if images.ndim != 4 or tuple(images.shape[1:]) != self.input_shape[1:]:
@@ -434,7 +433,7 @@ class TVMPredictor:
         empty = np.zeros((0, *self.manifest["output_shape"][1:]), np.float32)  # so N=0 gives (0,C,18)
         workers = min(len(self._mains), len(chunks))
         if workers <= 1:
-            return np.concatenate([empty, *(self._run(self._main, chunk) for chunk in chunks)])
+            return np.concatenate([empty, *(self._run(self._mains[0], chunk) for chunk in chunks)])
         with ThreadPoolExecutor(workers) as pool:  # worker i runs chunks i, i + workers, ... on its own VM
             shares = list(pool.map(lambda i: [self._run(self._mains[i], chunk) for chunk in chunks[i::workers]],
                                    range(workers)))

@@ -242,7 +242,8 @@ def import_tensor_intrinsics() -> None:
     TVMScript kernels in that package calls `inspect.stack()`, which looks up the module of every frame on the stack,
     and for the importer's own frames (file name "<frozen importlib._bootstrap>", no file on disk)
     `inspect.getmodule` finds no module and rescans all of `sys.modules`, every time. That took 30 s after importing
-    torch, ONNX and DVC (5 s with the names mapped) and over 100 s inside the test session. Mapping each frozen
+    torch, ONNX and DVC (5 s with the names mapped); inside the test session test_tune_rpc's tuning fixture took
+    116-159 s with the import as it was, 30 s with the names mapped. Mapping each frozen
     module's file name to it in inspect's cache answers those look-ups at once; the frames still have no source
     lines, as before, so TVM sees the same stacks.
     """

@@ -14,7 +14,7 @@ from lprnet.backends import load_predictor
 from lprnet.data import list_images, load_folder
 from lprnet.export import export_onnx
 from lprnet.metrics import count_macs, count_params
-from lprnet.model import LPRNet
+from lprnet.model import LPRNet, LPRNetConfig
 from lprnet.prune import CRITERIA, GROUPS, MIN_CHANNELS, group_width, prune_channels, remove_dead_channels
 
 from .conftest import as_input
@@ -217,3 +217,20 @@ def test_pruned_model_exports_to_onnx_and_matches_onnxruntime(random_model, lati
     predictor = load_predictor(tmp_path / "pruned.onnx")
     x = as_input(images_and_labels[0][:5])
     np.testing.assert_allclose(predictor(x.numpy()), logits(model, x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_an_uneven_pool_selection_still_exports_as_gather(latin, images_and_labels, tmp_path):
+    """Pruning now keeps selections slices, but a model saved by earlier code, or a config written by hand, can still
+    select uneven channels: that path is an index select in PyTorch and a Gather in ONNX."""
+    import onnx
+
+    config = LPRNetConfig(num_classes=latin.num_classes, pool1_keep=(0, 3, 5, 10, 40, 63),
+                          pool2_keep=(0, 1, 7, 100, 255))
+    torch.manual_seed(2)
+    model = LPRNet(config).eval()
+    assert not model.backbone[7].is_slice and not model.backbone[14].is_slice
+    export_onnx(model, latin, tmp_path / "uneven.onnx")
+    assert "Gather" in {node.op_type for node in onnx.load(tmp_path / "uneven.onnx").graph.node}
+    x = as_input(images_and_labels[0][:5])
+    np.testing.assert_allclose(load_predictor(tmp_path / "uneven.onnx")(x.numpy()), logits(model, x).numpy(),
+                               rtol=1e-4, atol=1e-4)
