@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--per-iteration", type=int, default=8, help="candidates per task and search round")
     budget.add_argument("--checkpoints", required=True, help="comma-separated trial counts to build and time")
     budget.add_argument("--seed", type=int, default=0)
+    budget.add_argument("--weight-layout-rewrite", action="store_true",
+                        help="let schedules choose the weights' layout (as tune.weight_layout_rewrite)")
     budget.add_argument("--models", type=Path, default=Path("models"), help="the pipeline's models folder")
     budget.add_argument("--work-dir", type=Path, help="database folder (default: models/tune-budget/PRECISION-TRIALS)")
     budget.add_argument("--out", type=Path, help="output prefix (default: reports/tune_budget_PRECISION)")
@@ -90,7 +92,7 @@ def tune_budget(args) -> int:
             work_dir=args.work_dir or args.models / "tune-budget" / f"{args.precision}-{args.trials}",
             total_trials=args.trials, trials_per_task=args.per_task, trials_per_iteration=args.per_iteration,
             checkpoints=checkpoints, target=target,
-            bench=bench, seed=args.seed)
+            bench=bench, seed=args.seed, weight_layout_rewrite=args.weight_layout_rewrite)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -136,7 +136,7 @@ def _qdq_to_arithmetic() -> tvm.transform.Pass:
     quantize = relax.dpl.is_op("relax.quantize")(data, scale, zero_point)
     pair = relax.dpl.is_op("relax.dequantize")(quantize, out_scale, out_zero_point)
 
-    def as_float(value) -> relax.Constant:
+    def as_float(value) -> tvm.ir.expr.Constant:
         return relax.const(float(np.asarray(value).reshape(())), "float32")
 
     def rewrite(matched: relax.Expr, found: dict) -> relax.Expr:

@@ -47,7 +47,8 @@ def seconds_at(timeline: Sequence[tuple[int, float]], trials: int, earlier: int 
 
 def budget_study(layout_ir: str | os.PathLike, onnx_model: str | os.PathLike, untuned: str | os.PathLike,
                  work_dir: str | os.PathLike, total_trials: int, trials_per_task: int, trials_per_iteration: int,
-                 checkpoints: Sequence[int], target: dict, bench: BenchConfig, seed: int = 0) -> pd.DataFrame:
+                 checkpoints: Sequence[int], target: dict, bench: BenchConfig, seed: int = 0,
+                 weight_layout_rewrite: bool = False) -> pd.DataFrame:
     """Tune `layout_ir` (a tvm-layout-passes module) into `work_dir`, then time the build of each checkpoint's trials.
 
     One row per checkpoint: trials, tuning minutes to get there (this run's, when it tuned that far), the tuned
@@ -57,7 +58,7 @@ def budget_study(layout_ir: str | os.PathLike, onnx_model: str | os.PathLike, un
     checkpoints = sorted(set(checkpoints))
     if not checkpoints or checkpoints[0] < 1 or checkpoints[-1] > total_trials:
         raise ValueError(f"checkpoints {checkpoints}: expected trial counts in 1..{total_trials} (--trials)")
-    mod = compile_tvm.load_ir(layout_ir)
+    mod = tune_tvm.tuning_module(compile_tvm.load_ir(layout_ir), weight_layout_rewrite)
     target = tune_tvm.tuning_target(target, bench.threads)
     run = tune_tvm.tune(mod, target, work_dir, total_trials, trials_per_task,
                         trials_per_iteration=trials_per_iteration, seed=seed, threads=bench.threads)

@@ -168,6 +168,18 @@ def _drop_partial_last_line(path: Path) -> None:
         write_bytes_atomic(path, complete)
 
 
+def tuning_module(mod: tvm.IRModule, weight_layout_rewrite: bool) -> tvm.IRModule:
+    """The module to give `tune`, `apply_database`, `module_records` and `tuning_curve` (the same one to all four:
+    the database knows a kernel by its TIR, attributes included).
+
+    With `weight_layout_rewrite`, each kernel's constant arguments (the weights) are marked layout-free, so that a
+    schedule may read them in another layout (MetaSchedule's RewriteLayout: e.g. output channels split into
+    vector-width blocks, in the order its loops read them), which `apply_database` then packs once, at build time.
+    This is what TVM's own static-shape tuning pipeline calls cpu_weight_prepack; there the weights are parameters
+    and a separate function packs them, here they are constants and the build folds them."""
+    return relax.transform.AttachAttrLayoutFreeBuffers()(mod) if weight_layout_rewrite else mod
+
+
 def extract_tasks(mod: tvm.IRModule, target: dict) -> list[ms.ExtractedTask]:
     """One task per distinct TIR kernel of `mod` (its weight: how often `main` calls it)."""
     return list(ms.relax_integration.extract_tasks(mod, compile_tvm.parse_target(target)))
@@ -483,12 +495,20 @@ def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_tri
 
 
 def apply_database(mod: tvm.IRModule, target: dict, database_dir: str | os.PathLike) -> tvm.IRModule:
-    """`mod` with every kernel the database has a record for replaced by its fastest schedule (marked
-    tirx.is_scheduled), ready for `compile_tvm.build`."""
+    """`mod` (as `tuning_module` gave it) with every kernel the database has a record for replaced by its fastest
+    schedule (marked tirx.is_scheduled), ready for `compile_tvm.build`.
+
+    A schedule that chose a packed layout for a weight reads it through a layout-rewrite block; that block is split
+    into a kernel of its own and, the weights being constants, folded: the build holds the packed weights, and no
+    call packs them again."""
     database = open_database(database_dir)
     with compile_tvm.parse_target(target), database:
         # The pass reads the target and the database in force when it is created.
-        return relax.transform.MetaScheduleApplyDatabase()(mod)
+        tuned = relax.transform.MetaScheduleApplyDatabase()(mod)
+    for transform in (relax.transform.SplitLayoutRewritePreproc(), relax.transform.FoldConstant(),
+                      relax.transform.DeadCodeElimination()):
+        tuned = transform(tuned)
+    return tuned
 
 
 def count_tuned_kernels(mod: tvm.IRModule) -> int:

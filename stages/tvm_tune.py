@@ -33,6 +33,7 @@ class TuneParams:
     trials_per_task: int  # at most this many for any one task
     trials_per_iteration: int  # candidates per task and search round (see tune_tvm.plan_trials)
     seed: int = 0
+    weight_layout_rewrite: bool = False  # schedules may choose each weight's layout (tune_tvm.tuning_module)
     rpc_tracker: str = ""  # "host:port" of a TVM RPC tracker; "": time candidates on this machine
     rpc_key: str = ""  # the device key of the tracker's servers
 
@@ -68,7 +69,8 @@ def main() -> None:
     # Kernels are parallelised for, and timed with, the thread count the artifacts are benchmarked with (an RPC
     # server times them with its own).
     target = tune_tvm.tuning_target(tvm_params.target, bench.threads)
-    modules = {p: compile_tvm.load_ir(Path(args.source) / f"{p}.json") for p in PRECISIONS}
+    modules = {p: tune_tvm.tuning_module(compile_tvm.load_ir(Path(args.source) / f"{p}.json"),
+                                         params.weight_layout_rewrite) for p in PRECISIONS}
     # total_trials 0 skips MetaSchedule and builds the layout-passed module as it is: the end-to-end tests use it
     # to run this stage's artifact, parity and metrics quickly; the tuning itself is tested in test_tune_tvm.py.
     tuning_enabled = params.total_trials != 0

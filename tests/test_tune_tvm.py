@@ -42,7 +42,9 @@ def conv_module() -> tvm.IRModule:
 
 @pytest.fixture(scope="module")
 def module() -> tvm.IRModule:
-    return conv_module()
+    """With the weight marked layout-free (tune.weight_layout_rewrite), so that these tests cover the rewrite too;
+    test_tune_rpc.py tunes the module without it."""
+    return tune_tvm.tuning_module(conv_module(), weight_layout_rewrite=True)
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +85,32 @@ def test_the_tuned_build_matches_the_untuned_one(tuned, module):
     assert tune_tvm.count_tuned_kernels(scheduled) == 3
     images = np.random.default_rng(1).standard_normal(INPUT_SHAPE).astype(np.float32)
     np.testing.assert_allclose(run_vm(scheduled, images), run_vm(module, images), atol=1e-3, rtol=0)
+
+
+def constant_shapes(mod: tvm.IRModule) -> list[tuple[int, ...]]:
+    """Shapes of the tensor constants main passes to its kernels."""
+    shapes = []
+
+    def visit(expr):
+        if isinstance(expr, tvm.ir.expr.Constant) and isinstance(expr.ty, relax.TensorType):
+            shapes.append(tuple(int(dim) for dim in expr.ty.shape))
+
+    relax.analysis.post_order_visit(mod["main"].body, visit)
+    return shapes
+
+
+def test_the_tuned_build_holds_the_weight_in_the_layout_its_schedule_chose(tuned, module):
+    folder, _ = tuned
+    assert constant_shapes(module) == [(3, 3, INPUT_SHAPE[1], 16)]  # HWIO, as ConvertLayout left it
+    scheduled = tune_tvm.apply_database(module, TARGET, folder)
+    (packed,) = constant_shapes(scheduled)
+    # Packed at build time: another layout of the same 3 x 3 x 8 x 16 values, and no kernel left to pack it per call.
+    assert len(packed) > 4 and np.prod(packed) == 3 * 3 * INPUT_SHAPE[1] * 16
+    assert len([f for f in scheduled.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]) == 3
+    # Without the layout-free mark the schedules keep the weight as it is.
+    plain = tune_tvm.tuning_module(conv_module(), weight_layout_rewrite=False)
+    assert all(not (f.attrs or {}).get("layout_free_buffers") for f in plain.functions.values()
+               if isinstance(f, tvm.tirx.PrimFunc))
 
 
 def test_a_database_with_every_task_is_reused_without_tuning(tuned, module, monkeypatch):
