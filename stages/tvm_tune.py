@@ -98,6 +98,7 @@ def main() -> None:
                                           "total_trials": params.total_trials,
                                           "trials_per_task": params.trials_per_task,
                                           "trials_per_iteration": params.trials_per_iteration, "seed": params.seed,
+                                          "weight_layout_rewrite": params.weight_layout_rewrite,
                                           "tasks": tuning.tasks, "kernels_tuned": tune_tvm.count_tuned_kernels(tuned)}})
             predictor = compile_tvm.TVMPredictor(tmp / precision, bench.threads)
             reference = load_predictor(onnx_models[precision], bench.threads)
