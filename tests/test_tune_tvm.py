@@ -107,7 +107,7 @@ def test_the_tuned_build_holds_the_weight_in_the_layout_its_schedule_chose(tuned
     # Packed at build time: another layout of the same 3 x 3 x 8 x 16 values, and no kernel left to pack it per call.
     assert len(packed) > 4 and np.prod(packed) == 3 * 3 * INPUT_SHAPE[1] * 16
     assert len([f for f in scheduled.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]) == 3
-    # Without the layout-free mark the schedules keep the weight as it is.
+    # With the setting off, no weight is marked layout-free: schedules read the weights as they are.
     plain = tune_tvm.tuning_module(conv_module(), weight_layout_rewrite=False)
     assert all(not (f.attrs or {}).get("layout_free_buffers") for f in plain.functions.values()
                if isinstance(f, tvm.tirx.PrimFunc))
