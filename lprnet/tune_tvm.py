@@ -6,11 +6,12 @@ build that uses the tuned kernels.
 timed here or on the RPC servers of a TVM tracker, see `RPCTarget`) and appends the records to MetaSchedule's JSON
 database in that folder. `apply_database` swaps each kernel for its fastest record, so `compile_tvm.build` then
 compiles the tuned schedules; kernels without a record stay as LegalizeOps wrote them. `tuning_curve` reads the
-database back as (trials, estimated latency) for a plot.
+database back as (trials, estimated latency) for a plot. `tuning_module` optionally marks the weights layout-free
+first, so that schedules may choose their layout; `apply_database` then folds the packed weights into constants.
 
-Does not run graph or layout passes (the module is tuned as it comes), does not quantize (an int8 QDQ module is tuned
-like any other: its kernels compute in fp32 between quantize/dequantize), and does not measure the whole model
-(bench.py does).
+Does not run graph or layout passes (the module's operators are tuned as they come), does not quantize (an int8 QDQ
+module is tuned like any other: its kernels compute in fp32 between quantize/dequantize), and does not measure the
+whole model (bench.py does).
 """
 
 from __future__ import annotations
