@@ -6,6 +6,7 @@ score predictions (see evaluate.py).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -20,20 +21,32 @@ class BenchConfig:
     warmup: int = 10
     runs: int = 100
     throughput_batch: int = 32
-    throughput_runs: int = 10
+    throughput_runs: int = 10  # at most; see throughput_seconds
+    # A throughput measurement stops once its timed calls have taken this long (after MIN_THROUGHPUT_RUNS calls): an
+    # untuned TVM build takes 1.4 s per batch of 32, and 10 of them in every stage and in the benchmark cost minutes.
+    throughput_seconds: float = 3.0
     eval_batch: int = 64
 
+    def __post_init__(self):
+        if not self.throughput_seconds > 0:
+            raise ValueError(f"bench.throughput_seconds must be positive, got {self.throughput_seconds!r}")
 
-def time_calls(predictor: Predictor, inputs: np.ndarray, warmup: int, runs: int) -> np.ndarray:
-    """Seconds per call, one sample per call."""
+
+MIN_THROUGHPUT_RUNS = 3  # the median of fewer calls is one call
+
+
+def time_calls(predictor: Predictor, inputs: np.ndarray, warmup: int, runs: int, max_seconds: float = math.inf,
+               min_runs: int = 1) -> np.ndarray:
+    """Seconds per call, one sample per call: `runs` calls, or fewer once the timed calls have taken `max_seconds`
+    (at least `min_runs` of them)."""
     for _ in range(warmup):
         predictor(inputs)
-    samples = np.empty(runs)
-    for i in range(runs):
+    samples = []
+    while len(samples) < runs and (len(samples) < min_runs or sum(samples) < max_seconds):
         start = time.perf_counter()
         predictor(inputs)
-        samples[i] = time.perf_counter() - start
-    return samples
+        samples.append(time.perf_counter() - start)
+    return np.asarray(samples)
 
 
 def measure_speed(predictor: Predictor, config: BenchConfig) -> dict:
@@ -88,7 +101,9 @@ def latency_summary(samples_ms: np.ndarray) -> dict:
 
 
 def throughput(predictor: Predictor, config: BenchConfig) -> float:
-    """Images per second at batch `config.throughput_batch` (median over calls)."""
+    """Images per second at batch `config.throughput_batch` (median over `config.throughput_runs` calls, or over the
+    calls made in `config.throughput_seconds`)."""
     per_batch = time_calls(predictor, example_input(config.throughput_batch), max(1, config.warmup // 5),
-                           config.throughput_runs)
+                           config.throughput_runs, config.throughput_seconds,
+                           min(MIN_THROUGHPUT_RUNS, config.throughput_runs))
     return float(config.throughput_batch / np.median(per_batch))

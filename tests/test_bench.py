@@ -1,0 +1,76 @@
+"""bench.time_calls and bench.throughput: how many calls they time, against a fake clock that each call advances."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from lprnet import bench
+
+
+class FakeClock:
+    """Stands in for time.perf_counter; a FakePredictor call moves it forward."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakePredictor:
+    def __init__(self, clock: FakeClock, seconds_per_call: float):
+        self.clock, self.seconds_per_call, self.calls = clock, seconds_per_call, 0
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        self.clock.now += self.seconds_per_call
+        return np.zeros((len(images), 4, 18), np.float32)
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(bench.time, "perf_counter", fake)
+    return fake
+
+
+def test_a_fast_predictor_gets_every_run(clock):
+    predictor = FakePredictor(clock, 0.001)
+    samples = bench.time_calls(predictor, np.zeros((1, 3, 24, 94), np.float32), warmup=2, runs=10, max_seconds=3.0,
+                               min_runs=3)
+    assert len(samples) == 10 and predictor.calls == 12
+    assert np.allclose(samples, 0.001)
+
+
+def test_a_slow_predictor_stops_once_the_timed_calls_reach_max_seconds(clock):
+    predictor = FakePredictor(clock, 1.4)
+    samples = bench.time_calls(predictor, np.zeros((1, 3, 24, 94), np.float32), warmup=1, runs=10, max_seconds=3.0,
+                               min_runs=2)
+    assert len(samples) == 3  # 1.4 and 2.8 s are under 3 s; the third call reaches 4.2
+    assert predictor.calls == 4
+
+
+def test_min_runs_holds_even_when_one_call_exceeds_max_seconds(clock):
+    samples = bench.time_calls(FakePredictor(clock, 10.0), np.zeros((1, 3, 24, 94), np.float32), warmup=0, runs=10,
+                               max_seconds=3.0, min_runs=3)
+    assert len(samples) == 3
+
+
+def test_throughput_stops_at_throughput_seconds_and_reports_images_per_second(clock):
+    config = bench.BenchConfig(warmup=10, throughput_batch=32, throughput_runs=10, throughput_seconds=3.0)
+    slow, fast = FakePredictor(clock, 1.6), FakePredictor(clock, 0.016)
+    assert bench.throughput(slow, config) == pytest.approx(20.0)
+    assert slow.calls == 2 + bench.MIN_THROUGHPUT_RUNS  # warm-up (warmup // 5), then 3 timed calls (4.8 s)
+    assert bench.throughput(fast, config) == pytest.approx(2000.0)
+    assert fast.calls == 2 + 10
+    one_run = dataclasses.replace(config, throughput_runs=1)
+    slow.calls = 0
+    bench.throughput(slow, one_run)
+    assert slow.calls == 2 + 1  # throughput_runs caps the minimum too
+
+
+@pytest.mark.parametrize("seconds", [0.0, -1.0, float("nan")])
+def test_a_non_positive_throughput_seconds_is_refused_by_name(seconds):
+    with pytest.raises(ValueError, match="throughput_seconds"):
+        bench.BenchConfig(throughput_seconds=seconds)
