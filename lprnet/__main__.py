@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--per-task", type=int, default=64, help="at most this many trials for any one kernel")
     budget.add_argument("--per-iteration", type=int, default=8, help="candidates per task and search round")
     budget.add_argument("--checkpoints", required=True, help="comma-separated trial counts to build and time")
+    budget.add_argument("--population", type=int,
+                        help="the evolutionary search's population per round (default: tune.population's default)")
     budget.add_argument("--seed", type=int, default=0)
     budget.add_argument("--weight-layout-rewrite", action="store_true",
                         help="let schedules choose the weights' layout (as tune.weight_layout_rewrite)")
@@ -92,7 +94,8 @@ def tune_budget(args) -> int:
             work_dir=args.work_dir or args.models / "tune-budget" / f"{args.precision}-{args.trials}",
             total_trials=args.trials, trials_per_task=args.per_task, trials_per_iteration=args.per_iteration,
             checkpoints=checkpoints, target=target,
-            bench=bench, seed=args.seed, weight_layout_rewrite=args.weight_layout_rewrite)
+            bench=bench, seed=args.seed, weight_layout_rewrite=args.weight_layout_rewrite,
+            **({} if args.population is None else {"population": args.population}))
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -47,7 +47,8 @@ def seconds_at(timeline: Sequence[tuple[int, float]], trials: int, earlier: int 
 
 def budget_study(layout_ir: str | os.PathLike, onnx_model: str | os.PathLike, untuned: str | os.PathLike,
                  work_dir: str | os.PathLike, total_trials: int, trials_per_task: int, trials_per_iteration: int,
-                 checkpoints: Sequence[int], target: dict, bench: BenchConfig, seed: int = 0,
+                 checkpoints: Sequence[int], target: dict, bench: BenchConfig,
+                 population: int = tune_tvm.DEFAULT_POPULATION, seed: int = 0,
                  weight_layout_rewrite: bool = False) -> pd.DataFrame:
     """Tune `layout_ir` (a tvm-layout-passes module) into `work_dir`, then time the build of each checkpoint's trials.
 
@@ -61,7 +62,8 @@ def budget_study(layout_ir: str | os.PathLike, onnx_model: str | os.PathLike, un
     mod = tune_tvm.tuning_module(compile_tvm.load_ir(layout_ir), weight_layout_rewrite)
     target = tune_tvm.tuning_target(target, bench.threads)
     run = tune_tvm.tune(mod, target, work_dir, total_trials, trials_per_task,
-                        trials_per_iteration=trials_per_iteration, seed=seed, threads=bench.threads)
+                        trials_per_iteration=trials_per_iteration, population=population, seed=seed,
+                        threads=bench.threads)
     recorded = len(tune_tvm.module_records(work_dir, mod, target))
     if recorded < checkpoints[-1]:
         raise ValueError(f"{work_dir}: {recorded} trials recorded, fewer than checkpoint {checkpoints[-1]}")

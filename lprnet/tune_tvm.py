@@ -47,6 +47,11 @@ SETTINGS_FILE = "tuning.json"  # what the records were tuned with; a database is
 SETTINGS_FORMAT = 1
 
 MAX_TRIALS_PER_ITERATION = 64  # MetaSchedule's default batch of candidates per task and round
+# Candidate schedules the evolutionary search keeps and mutates in each round, scored by the cost model. MetaSchedule's
+# default is 512; the search then takes about 8 s per round here, more than building and timing a batch of 8
+# candidates. Measured on the fp32 LPRNet (288 trials, at most 64 per task, 8 per round): 128 reached the same
+# latency as 512 in 3.6 min instead of 6.9, and rounds cheap enough for batches of 4 (see README, Tuning budget).
+DEFAULT_POPULATION = 128
 # A candidate kernel builds in about a second; the limit only stops a build that hangs. The limit counts from the
 # build function's start, after the worker process has imported TVM.
 BUILD_TIMEOUT_S = 30.0
@@ -123,9 +128,9 @@ def plan_trials(num_tasks: int, total_trials: int, trials_per_task: int,
     The gradient-based scheduler first gives every task one batch of `per_iteration` candidates in turn, then spends
     the rest of the budget, a batch at a time, on the tasks whose best latency improves most. A batch is at most
     `trials_per_iteration` and at most total_trials // num_tasks, so that the first round reaches every task before
-    the budget runs out. Each batch costs a round of evolutionary search, about 8 s here whatever its size, on top of
-    about 0.5 s per candidate to build and time (timed once on four LPRNet kernels): small batches spend the time
-    searching.
+    the budget runs out. Each batch costs a round of evolutionary search, whatever its size: about 8 s here with
+    MetaSchedule's default population of 512, 1.5 s with 128 (see DEFAULT_POPULATION), on top of about 0.6 s per
+    candidate to build and time: small batches spend the time searching.
     """
     for name, value in (("total_trials", total_trials), ("trials_per_task", trials_per_task),
                         ("trials_per_iteration", trials_per_iteration)):
@@ -396,14 +401,15 @@ class TuningRun:
 
 
 def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_trials: int, trials_per_task: int, *,
-         trials_per_iteration: int = MAX_TRIALS_PER_ITERATION, seed: int = 0, threads: int | None = None,
-         log_dir: str | os.PathLike | None = None,
+         trials_per_iteration: int = MAX_TRIALS_PER_ITERATION, population: int = DEFAULT_POPULATION, seed: int = 0,
+         threads: int | None = None, log_dir: str | os.PathLike | None = None,
          progress: bool = True, rpc: RPCTarget | None = None) -> TuningRun:
     """Tune the kernels of `mod` that the database in `work_dir` has no trial for (see `tasks_to_tune`), appending
     to that database; kernels none of whose trials worked stay untuned, with a warning.
 
     `target` is a tuning target (see `tuning_target`); `threads` (default: its num-cores) is how many threads each
-    candidate runs with, and how many processes build candidates. `seed` seeds the search, the task scheduler and the
+    candidate runs with, and how many processes build candidates. `population` is the evolutionary search's population
+(see DEFAULT_POPULATION). `seed` seeds the search, the task scheduler and the
     cost model; the outcome still varies with the timings. MetaSchedule's logs (every candidate's TIR and trace) go
     to `log_dir`, by default a temporary folder removed afterwards; the console shows a progress bar.
 
@@ -421,6 +427,8 @@ def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_tri
     threads = threads or int(target["num-cores"])
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**31 - 1:
         raise ValueError(f"seed must be an integer in [0, 2**31 - 1), got {seed!r}")
+    if not isinstance(population, int) or isinstance(population, bool) or population < 1:
+        raise ValueError(f"population must be a positive integer, got {population!r}")
     tasks = extract_tasks(mod, target)
     if not tasks:
         raise ValueError("the module has no TIR kernels to tune (run the layout passes, with legalize_ops, first)")
@@ -428,8 +436,8 @@ def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_tri
     plan_trials(len(tasks), total_trials, trials_per_task, trials_per_iteration)
     work_dir = Path(work_dir)
     settings = {"format": SETTINGS_FORMAT, "target": target, "total_trials": total_trials,
-                "trials_per_task": trials_per_task, "trials_per_iteration": trials_per_iteration, "seed": seed,
-                "tvm_version": tvm.__version__}
+                "trials_per_task": trials_per_task, "trials_per_iteration": trials_per_iteration,
+                "population": population, "seed": seed, "tvm_version": tvm.__version__}
     _check_settings(work_dir, settings)
     database = open_database(work_dir, create=True)
     write_text_atomic(work_dir / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
@@ -461,7 +469,8 @@ def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_tri
                            f"task and round, at most {plan.per_task} per task{remote}); preparing the search spaces")
             import_tensor_intrinsics()
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                todo, logs, num_threads=threads, seed=seed)
+                todo, logs, strategy=ms.search_strategy.EvolutionarySearch(population_size=population),
+                num_threads=threads, seed=seed)
             with tqdm(total=plan.total, desc="tune", unit="trial", disable=not progress, mininterval=2) as bar:
                 builder = _PooledBuilder(threads, BUILD_TIMEOUT_S, bar, start)
                 tracker = _TrialResults(bar, [task.task_name for task in todo], [float(w) for w in weights])

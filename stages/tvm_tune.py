@@ -32,6 +32,7 @@ class TuneParams:
     total_trials: int  # per precision, shared among its kernels (tasks); at least one per task
     trials_per_task: int  # at most this many for any one task
     trials_per_iteration: int  # candidates per task and search round (see tune_tvm.plan_trials)
+    population: int = tune_tvm.DEFAULT_POPULATION  # the evolutionary search's, per task and round
     seed: int = 0
     weight_layout_rewrite: bool = False  # schedules may choose each weight's layout (tune_tvm.tuning_module)
     rpc_tracker: str = ""  # "host:port" of a TVM RPC tracker; "": time candidates on this machine
@@ -89,7 +90,8 @@ def main() -> None:
                                                    seconds=0.0), mod
             else:
                 tuning = tune_tvm.tune(mod, target, args.database, params.total_trials, params.trials_per_task,
-                                       trials_per_iteration=params.trials_per_iteration, seed=params.seed,
+                                       trials_per_iteration=params.trials_per_iteration,
+                                       population=params.population, seed=params.seed,
                                        threads=bench.threads, rpc=rpc)
                 tuned = tune_tvm.apply_database(mod, target, args.database)
             compile_tvm.save_artifact(tmp / precision, compile_tvm.build(tuned, target), tuned, target,
@@ -97,7 +99,8 @@ def main() -> None:
                                       extra={"step": "tvm-tune", "tuning": {
                                           "total_trials": params.total_trials,
                                           "trials_per_task": params.trials_per_task,
-                                          "trials_per_iteration": params.trials_per_iteration, "seed": params.seed,
+                                          "trials_per_iteration": params.trials_per_iteration,
+                                          "population": params.population, "seed": params.seed,
                                           "weight_layout_rewrite": params.weight_layout_rewrite,
                                           "tasks": tuning.tasks, "kernels_tuned": tune_tvm.count_tuned_kernels(tuned)}})
             predictor = compile_tvm.TVMPredictor(tmp / precision, bench.threads)

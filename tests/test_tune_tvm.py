@@ -25,6 +25,7 @@ from lprnet import compile_tvm, tune_tvm  # noqa: E402
 
 INPUT_SHAPE = (1, 8, 12, 16)  # NCHW, so the layout passes add NCHW <-> NHWC transposes: 3 tasks
 TOTAL_TRIALS, TRIALS_PER_TASK = 6, 2
+POPULATION = 32  # not tune_tvm.DEFAULT_POPULATION, so that a test can tell it reached the search
 TARGET = tune_tvm.tuning_target({"kind": "llvm"}, num_cores=2)
 
 
@@ -49,10 +50,25 @@ def module() -> tvm.IRModule:
 
 
 @pytest.fixture(scope="module")
-def tuned(module, tmp_path_factory):
+def searches() -> list[dict]:
+    """The arguments of every EvolutionarySearch the tuning below made."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def tuned(module, tmp_path_factory, searches):
     """(database folder, TuningRun) of the one real tuning in this file."""
     folder = tmp_path_factory.mktemp("tune") / "database"
-    run = tune_tvm.tune(module, TARGET, folder, TOTAL_TRIALS, TRIALS_PER_TASK, seed=0, progress=False)
+    evolutionary_search = tune_tvm.ms.search_strategy.EvolutionarySearch
+
+    def recorded_search(**kwargs):
+        searches.append(kwargs)
+        return evolutionary_search(**kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tune_tvm.ms.search_strategy, "EvolutionarySearch", recorded_search)
+        run = tune_tvm.tune(module, TARGET, folder, TOTAL_TRIALS, TRIALS_PER_TASK, population=POPULATION, seed=0,
+                            progress=False)
     return folder, run
 
 
@@ -123,7 +139,8 @@ def test_a_database_with_every_task_is_reused_without_tuning(tuned, module, monk
 
     monkeypatch.setattr(tune_tvm.ms, "tune_tasks", refuse)
     start = time.perf_counter()
-    again = tune_tvm.tune(module, TARGET, folder, TOTAL_TRIALS, TRIALS_PER_TASK, seed=0, progress=False)
+    again = tune_tvm.tune(module, TARGET, folder, TOTAL_TRIALS, TRIALS_PER_TASK, population=POPULATION, seed=0,
+                          progress=False)
     assert time.perf_counter() - start < 10
     assert (again.tasks, again.tuned_tasks, again.trials) == (3, 0, 0)
     assert (folder / tune_tvm.RECORD_FILE).read_text() == records
@@ -186,10 +203,19 @@ def test_the_curve_leaves_out_a_kernel_that_was_never_timed(tuned, module, tmp_p
     assert all(0 < ms < full_ms for (_, ms), (_, full_ms) in zip(curve[::-1], full[::-1]))
 
 
+def test_the_search_evolves_the_population_it_was_given(tuned, searches):
+    assert searches == [{"population_size": POPULATION}]
+    folder, _ = tuned
+    assert json.loads((folder / tune_tvm.SETTINGS_FILE).read_text())["population"] == POPULATION
+
+
 def test_a_database_tuned_with_other_settings_is_refused(tuned, module):
     folder, _ = tuned
     with pytest.raises(ValueError, match="seed: 0 there, 1 now"):
-        tune_tvm.tune(module, TARGET, folder, TOTAL_TRIALS, TRIALS_PER_TASK, seed=1, progress=False)
+        tune_tvm.tune(module, TARGET, folder, TOTAL_TRIALS, TRIALS_PER_TASK, population=POPULATION, seed=1,
+                      progress=False)
+    with pytest.raises(ValueError, match=f"population: {POPULATION} there, {tune_tvm.DEFAULT_POPULATION} now"):
+        tune_tvm.tune(module, TARGET, folder, TOTAL_TRIALS, TRIALS_PER_TASK, seed=0, progress=False)
 
 
 @pytest.mark.parametrize("total, per_task, match", [
@@ -201,6 +227,14 @@ def test_a_database_tuned_with_other_settings_is_refused(tuned, module):
 def test_a_bad_budget_is_refused_before_tuning(module, tmp_path, total, per_task, match):
     with pytest.raises(ValueError, match=match):
         tune_tvm.tune(module, TARGET, tmp_path / "database", total, per_task, progress=False)
+    assert not (tmp_path / "database").exists()
+
+
+@pytest.mark.parametrize("population", [0, 1.5, True])
+def test_a_bad_population_is_refused_before_tuning(module, tmp_path, population):
+    with pytest.raises(ValueError, match=f"population must be a positive integer, got {population!r}"):
+        tune_tvm.tune(module, TARGET, tmp_path / "database", TOTAL_TRIALS, TRIALS_PER_TASK, population=population,
+                      progress=False)
     assert not (tmp_path / "database").exists()
 
 
