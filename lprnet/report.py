@@ -145,8 +145,19 @@ def targets_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def with_benchmark_entries(metrics: dict[str, dict]) -> dict[str, dict]:
+    """`metrics` (metrics file name -> its dict) with benchmark.json's per-artifact results as entries of their own
+    ("benchmark: ort_fp32"), so that `delta_table` compares the benchmark's timings too."""
+    flat = {name: values for name, values in metrics.items() if name != "benchmark"}
+    for key, values in metrics.get("benchmark", {}).items():
+        if isinstance(values, dict):  # else a setting of the run, e.g. its thread count
+            flat[f"benchmark: {key}"] = values
+    return flat
+
+
 def delta_table(current: dict[str, dict], previous: dict[str, dict],
                 keys=("accuracy", "latency_ms_p50", "size_bytes")) -> str:
+    """The `keys` that differ between two sets of metrics (see `with_benchmark_entries`), one row each."""
     lines = ["| metrics file | key | previous | now | change |", "|---|---|---|---|---|"]
     for name in sorted(current):
         for key in keys:

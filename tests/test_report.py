@@ -48,3 +48,15 @@ def test_a_missing_artifact_leaves_its_target_unmeasured():
 def test_the_pareto_front_keeps_points_no_other_beats_on_both_axes():
     points = {"slow exact": (10.0, 0.98), "fast rough": (1.0, 0.90), "dominated": (5.0, 0.90), "tie": (1.0, 0.90)}
     assert report.pareto_front(points) == {"slow exact", "fast rough", "tie"}
+
+
+def test_the_deltas_include_the_benchmark_timings():
+    metrics, benchmark = fake_results(tuned_ms=2.0, pruned_int8_accuracy=0.97)
+    previous = {**metrics, "benchmark": {"threads": 2, **benchmark}}
+    faster = {key: dict(values) for key, values in benchmark.items()}
+    faster["tvm_tune_fp32"]["latency_ms_p50"] = 1.5
+    current = {**metrics, "benchmark": {"threads": 2, **faster}}
+    table = report.delta_table(report.with_benchmark_entries(current), report.with_benchmark_entries(previous))
+    assert table.splitlines()[2:] == ["| benchmark: tvm_tune_fp32 | latency_ms_p50 | 2 | 1.5 | -25.0% |"]
+    same = report.delta_table(report.with_benchmark_entries(previous), report.with_benchmark_entries(previous))
+    assert same == "No metric changed since the previous commit."
