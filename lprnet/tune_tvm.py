@@ -49,8 +49,9 @@ SETTINGS_FORMAT = 1
 MAX_TRIALS_PER_ITERATION = 64  # MetaSchedule's default batch of candidates per task and round
 # Candidate schedules the evolutionary search keeps and mutates in each round, scored by the cost model. MetaSchedule's
 # default is 512; the search then takes about 8 s per round here, more than building and timing a batch of 8
-# candidates. Measured on the fp32 LPRNet (288 trials, at most 64 per task, 8 per round): 128 reached the same
-# latency as 512 in 3.6 min instead of 6.9, and rounds cheap enough for batches of 4 (see README, Tuning budget).
+# candidates. On the fp32 LPRNet (288 trials, at most 64 per task, 8 per round; one scratch run each) 128 reached the
+# same latency as 512 (2.00 against 1.98 ms) in 3.6 min instead of 6.9; rounds that cheap pay for batches of 4 (README,
+# Tuning budget).
 DEFAULT_POPULATION = 128
 # A candidate kernel builds in about a second; the limit only stops a build that hangs. The limit counts from the
 # build function's start, after the worker process has imported TVM.
@@ -409,8 +410,8 @@ def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_tri
 
     `target` is a tuning target (see `tuning_target`); `threads` (default: its num-cores) is how many threads each
     candidate runs with, and how many processes build candidates. `population` is the evolutionary search's population
-(see DEFAULT_POPULATION). `seed` seeds the search, the task scheduler and the
-    cost model; the outcome still varies with the timings. MetaSchedule's logs (every candidate's TIR and trace) go
+    (see DEFAULT_POPULATION). `seed` seeds the search, the task scheduler and the cost model; the outcome still varies
+    with the timings. MetaSchedule's logs (every candidate's TIR and trace) go
     to `log_dir`, by default a temporary folder removed afterwards; the console shows a progress bar.
 
     With `rpc`, the candidates are timed on the servers a TVM tracker has under a device key (as many at once as it has
