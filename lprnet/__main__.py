@@ -58,24 +58,29 @@ def build_parser() -> argparse.ArgumentParser:
     budget = commands.add_parser("tune-budget", help="tune the layout-passed module long, time checkpoints of it")
     budget.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
     budget.add_argument("--trials", type=int, required=True, help="total MetaSchedule trials")
-    budget.add_argument("--per-task", type=int, default=64, help="at most this many trials for any one kernel")
-    budget.add_argument("--per-iteration", type=int, default=8, help="candidates per task and search round")
+    # The search settings default to the params file's `tune` section, so that a study tunes as the stage does.
+    budget.add_argument("--per-task", type=int, help="at most this many trials for any one kernel "
+                                                     "(default: tune.trials_per_task)")
+    budget.add_argument("--per-iteration", type=int, help="candidates per task and search round "
+                                                          "(default: tune.trials_per_iteration)")
     budget.add_argument("--checkpoints", required=True, help="comma-separated trial counts to build and time")
     budget.add_argument("--population", type=int,
-                        help="the evolutionary search's population per round (default: tune.population's default)")
-    budget.add_argument("--seed", type=int, default=0)
-    budget.add_argument("--weight-layout-rewrite", action="store_true",
-                        help="let schedules choose the weights' layout (as tune.weight_layout_rewrite)")
+                        help="the evolutionary search's population per round (default: tune.population)")
+    budget.add_argument("--seed", type=int, help="default: tune.seed")
+    budget.add_argument("--weight-layout-rewrite", action=argparse.BooleanOptionalAction,
+                        help="let schedules choose the weights' layout (default: tune.weight_layout_rewrite)")
     budget.add_argument("--models", type=Path, default=Path("models"), help="the pipeline's models folder")
     budget.add_argument("--work-dir", type=Path, help="database folder (default: models/tune-budget/PRECISION-TRIALS)")
     budget.add_argument("--out", type=Path, help="output prefix (default: reports/tune_budget_PRECISION)")
-    budget.add_argument("--params", type=Path, default=Path("params.yaml"), help="its tvm target and bench settings")
+    budget.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="its tvm target, bench settings and tune defaults")
     return parser
 
 
 def tune_budget(args) -> int:
     from lprnet.params import read_section
     from lprnet.tune_budget import write_budget_study
+    from lprnet.tune_tvm import TuneParams
     from lprnet.tvm_pipeline import TVMParams
 
     try:
@@ -83,19 +88,25 @@ def tune_budget(args) -> int:
     except ValueError:
         print(f"error: --checkpoints {args.checkpoints!r}: expected comma-separated integers", file=sys.stderr)
         return 1
+
+    def given(value, default):
+        return default if value is None else value
+
     try:
         bench = read_section(args.params, "bench", BenchConfig)
         target = read_section(args.params, "tvm", TVMParams).target
+        tune = read_section(args.params, "tune", TuneParams)
         table = write_budget_study(
             args.out or Path("reports") / f"tune_budget_{args.precision}",
             layout_ir=args.models / "tvm" / "layout" / f"{args.precision}.json",
             onnx_model=args.models / "onnx" / f"{args.precision}.onnx",
             untuned=args.models / "tvm" / "import" / args.precision,
             work_dir=args.work_dir or args.models / "tune-budget" / f"{args.precision}-{args.trials}",
-            total_trials=args.trials, trials_per_task=args.per_task, trials_per_iteration=args.per_iteration,
-            checkpoints=checkpoints, target=target,
-            bench=bench, seed=args.seed, weight_layout_rewrite=args.weight_layout_rewrite,
-            **({} if args.population is None else {"population": args.population}))
+            total_trials=args.trials, trials_per_task=given(args.per_task, tune.trials_per_task),
+            trials_per_iteration=given(args.per_iteration, tune.trials_per_iteration), checkpoints=checkpoints,
+            target=target, bench=bench, population=given(args.population, tune.population),
+            seed=given(args.seed, tune.seed),
+            weight_layout_rewrite=given(args.weight_layout_rewrite, tune.weight_layout_rewrite))
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

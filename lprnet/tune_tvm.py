@@ -49,9 +49,9 @@ SETTINGS_FORMAT = 1
 MAX_TRIALS_PER_ITERATION = 64  # MetaSchedule's default batch of candidates per task and round
 # Candidate schedules the evolutionary search keeps and mutates in each round, scored by the cost model. MetaSchedule's
 # default is 512; the search then takes about 8 s per round here, more than building and timing a batch of 8
-# candidates. On the fp32 LPRNet (288 trials, at most 64 per task, 8 per round; one scratch run each) 128 reached the
-# same latency as 512 (2.00 against 1.98 ms) in 3.6 min instead of 6.9; rounds that cheap pay for batches of 4 (README,
-# Tuning budget).
+# candidates. On the fp32 LPRNet (288 trials, at most 64 per task, 8 per round; a scratch run with 128, the README's
+# population-512 budget study) 128 reached the same latency as 512 (2.00 against 1.98 ms) in 3.6 min instead of 6.9;
+# rounds that cheap pay for batches of 4 (README, Tuning budget).
 DEFAULT_POPULATION = 128
 # A candidate kernel builds in about a second; the limit only stops a build that hangs. The limit counts from the
 # build function's start, after the worker process has imported TVM.
@@ -130,8 +130,8 @@ def plan_trials(num_tasks: int, total_trials: int, trials_per_task: int,
     the rest of the budget, a batch at a time, on the tasks whose best latency improves most. A batch is at most
     `trials_per_iteration` and at most total_trials // num_tasks, so that the first round reaches every task before
     the budget runs out. Each batch costs a round of evolutionary search, whatever its size: about 8 s here with
-    MetaSchedule's default population of 512, 1.5 s with 128 (see DEFAULT_POPULATION), on top of about 0.6 s per
-    candidate to build and time: small batches spend the time searching.
+    MetaSchedule's default population of 512, about 5 s less with 128 (see DEFAULT_POPULATION), on top of about 0.5 s
+    per candidate to build and time (timed once on four LPRNet kernels): small batches spend the time searching.
     """
     for name, value in (("total_trials", total_trials), ("trials_per_task", trials_per_task),
                         ("trials_per_iteration", trials_per_iteration)):
@@ -500,6 +500,20 @@ def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_tri
                        ", ".join(task.task_name for task in still_untuned))
     return TuningRun(database, len(tasks), len(todo), trials, tracker.failures, time.perf_counter() - start,
                      tuple(builder.timeline))
+
+
+@dataclass(frozen=True)
+class TuneParams:
+    """params.yaml's `tune` section: the tvm-tune stage's settings, and `tune-budget`'s defaults."""
+
+    total_trials: int  # per precision, shared among its kernels (tasks); at least one per task
+    trials_per_task: int  # at most this many for any one task
+    trials_per_iteration: int  # candidates per task and search round (see plan_trials)
+    population: int = DEFAULT_POPULATION  # the evolutionary search's, per task and round
+    seed: int = 0
+    weight_layout_rewrite: bool = False  # schedules may choose each weight's layout (tuning_module)
+    rpc_tracker: str = ""  # "host:port" of a TVM RPC tracker; "": time candidates on this machine
+    rpc_key: str = ""  # the device key of the tracker's servers
 
 
 # ---------------------------------------------------------------------------------------------------------- apply

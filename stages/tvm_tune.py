@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
 from pathlib import Path
 
 from lprnet import compile_tvm, tune_tvm
@@ -27,19 +26,7 @@ from lprnet.stage import parse_args, read_section, run
 from lprnet.tvm_pipeline import PRECISIONS, TVMParams, check_parity
 
 
-@dataclass(frozen=True)
-class TuneParams:
-    total_trials: int  # per precision, shared among its kernels (tasks); at least one per task
-    trials_per_task: int  # at most this many for any one task
-    trials_per_iteration: int  # candidates per task and search round (see tune_tvm.plan_trials)
-    population: int = tune_tvm.DEFAULT_POPULATION  # the evolutionary search's, per task and round
-    seed: int = 0
-    weight_layout_rewrite: bool = False  # schedules may choose each weight's layout (tune_tvm.tuning_module)
-    rpc_tracker: str = ""  # "host:port" of a TVM RPC tracker; "": time candidates on this machine
-    rpc_key: str = ""  # the device key of the tracker's servers
-
-
-def rpc_target(params: TuneParams) -> tune_tvm.RPCTarget | None:
+def rpc_target(params: tune_tvm.TuneParams) -> tune_tvm.RPCTarget | None:
     """Where candidates are timed: None for this machine. A key without a tracker is refused rather than ignored."""
     if not params.rpc_tracker:
         if params.rpc_key:
@@ -63,7 +50,7 @@ def curve_csv(curve: list[tuple[int, float]]) -> str:
 def main() -> None:
     args = parse_args(__doc__, ["source", "fp32", "int8", "pruned", "data", "database", "out", "metrics_fp32",
                                 "metrics_int8", "curve_fp32", "curve_int8"])
-    params = read_section(args.params, "tune", TuneParams)
+    params = read_section(args.params, "tune", tune_tvm.TuneParams)
     rpc = rpc_target(params)
     tvm_params = read_section(args.params, "tvm", TVMParams)
     bench = read_section(args.params, "bench", BenchConfig)

@@ -60,6 +60,13 @@ def test_published_weights_reach_the_reference_accuracy_at_any_batch(published_w
     assert accuracies == [445 / 498, 445 / 498]
 
 
+TUNE_BUDGET_PARAMS = """bench: {threads: 2}
+tvm: {target: {kind: llvm}}
+tune: {total_trials: 0, trials_per_task: 12, trials_per_iteration: 3, population: 16, seed: 5,
+       weight_layout_rewrite: true}
+"""
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--checkpoints", "10,x"], "error: --checkpoints '10,x': expected comma-separated integers"),
     (["--checkpoints", "5,11"], "error: checkpoints [5, 11]: expected trial counts in 1..10 (--trials)"),
@@ -67,8 +74,30 @@ def test_published_weights_reach_the_reference_accuracy_at_any_batch(published_w
 ])
 def test_tune_budget_refuses_bad_input_before_tuning(tmp_path, capsys, monkeypatch, extra, message):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text("bench: {threads: 2}\ntvm: {target: {kind: llvm}}\n")
+    (tmp_path / "params.yaml").write_text(TUNE_BUDGET_PARAMS)
     assert main(["tune-budget", "--trials", "10", "--models", "no-models", *extra]) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and message in error
     assert not (tmp_path / "no-models").exists() and not (tmp_path / "reports").exists()
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ([], {"trials_per_task": 12, "trials_per_iteration": 3, "population": 16, "seed": 5,
+          "weight_layout_rewrite": True}),
+    (["--per-task", "64", "--per-iteration", "8", "--population", "512", "--seed", "0", "--no-weight-layout-rewrite"],
+     {"trials_per_task": 64, "trials_per_iteration": 8, "population": 512, "seed": 0, "weight_layout_rewrite": False}),
+])
+def test_tune_budget_takes_the_search_settings_from_params_unless_given(tmp_path, capsys, monkeypatch, extra,
+                                                                        expected):
+    import pandas as pd
+
+    from lprnet import tune_budget
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(TUNE_BUDGET_PARAMS)
+    studies = []
+    monkeypatch.setattr(tune_budget, "write_budget_study", lambda out, **study: studies.append(study) or pd.DataFrame())
+    assert main(["tune-budget", "--trials", "10", "--checkpoints", "10", *extra]) == 0
+    (study,) = studies
+    assert {key: study[key] for key in expected} == expected
+    assert study["total_trials"] == 10 and study["checkpoints"] == [10]
