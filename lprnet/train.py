@@ -1,8 +1,9 @@
-"""CTC training and fine-tuning of LPRNet on in-memory splits.
+"""CTC training, fine-tuning and distillation of LPRNet on in-memory splits.
 
-Adam with a one-cycle learning-rate schedule, periodic validation on a held-out split (never the test split),
-early stop when validation accuracy has not improved for `patience` checks, and the best weights restored at
-the end (with `keep_start`, the starting weights compete too). Channels-last memory format: ~1.5x faster
+`train_ctc` fits the labels; `distill` fits a teacher model's per-frame output distributions instead. Both use
+AdamW with a one-cycle learning-rate schedule, periodic validation on a held-out split (never the test split),
+early stop when validation accuracy has not improved for `patience` checks, and the best weights restored at the
+end (with `keep_start`, the starting weights compete too). Channels-last memory format: ~1.5x faster
 training on this CPU. Does not load or save files.
 """
 
@@ -51,9 +52,78 @@ def encode_labels(labels, alphabet: Alphabet) -> tuple[torch.Tensor, torch.Tenso
     return torch.tensor([c for e in encoded for c in e], dtype=torch.long), lengths
 
 
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL divergence from the teacher's to the student's class distribution at `temperature`, per frame (dim 1 holds
+    the classes), averaged over frames and images and scaled by temperature^2 so that gradients keep their size."""
+    frames = student_logits.shape[0] * student_logits.shape[2]
+    return torch.nn.functional.kl_div(student_logits.div(temperature).log_softmax(1),
+                                      teacher_logits.div(temperature).log_softmax(1), log_target=True,
+                                      reduction="sum") * temperature**2 / frames
+
+
+# Distillation's input jitter, as shares of the image (shifts), radians, and the (x - 127.5) / 128 value scale.
+# Why by hand: torchvision is not a dependency, and these few lines act on a whole float batch at once.
+MAX_ROTATION = math.radians(4.0)
+MAX_SCALE_CHANGE = 0.075
+MAX_SHIFT = (0.04, 0.1)  # x, y
+MAX_CONTRAST_CHANGE = 0.25
+MAX_BRIGHTNESS_SHIFT = 0.2
+MAX_NOISE = 0.08
+
+
+def augment(images: torch.Tensor) -> torch.Tensor:
+    """A random similarity transform, contrast, brightness and Gaussian noise per image, from torch's global RNG."""
+    n, _, height, width = images.shape
+    angle = (torch.rand(n) * 2 - 1) * MAX_ROTATION
+    scale = 1 + (torch.rand(n) * 2 - 1) * MAX_SCALE_CHANGE
+    shift_x, shift_y = ((torch.rand(n) * 2 - 1) * limit for limit in MAX_SHIFT)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    # affine_grid works in [-1, 1] coordinates on both axes: the aspect ratio enters the rotation's off-diagonal.
+    theta = torch.stack([torch.stack([cos, -sin * height / width, shift_x], 1),
+                         torch.stack([sin * width / height, cos, shift_y], 1)], 1)
+    grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
+    images = torch.nn.functional.grid_sample(images, grid, padding_mode="border", align_corners=False)
+    contrast = 1 + (torch.rand(n, 1, 1, 1) * 2 - 1) * MAX_CONTRAST_CHANGE
+    brightness = (torch.rand(n, 1, 1, 1) * 2 - 1) * MAX_BRIGHTNESS_SHIFT
+    noise = torch.randn(images.shape) * torch.rand(n, 1, 1, 1) * MAX_NOISE
+    return images * contrast + brightness + noise
+
+
 def train_ctc(model: LPRNet, alphabet: Alphabet, train: tuple[np.ndarray, np.ndarray],
               validation: tuple[np.ndarray, np.ndarray], config: TrainConfig) -> list[dict]:
-    """Train `model` in place; return the history, one row per validation."""
+    """Train `model` in place on the labels (CTC loss, batch norm in train mode); return the history, one row per
+    validation."""
+    def batch_loss(x: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
+        targets, lengths = encode_labels(labels, alphabet)
+        model.train()
+        return ctc_loss(model(x), targets, lengths, alphabet.blank)
+
+    return _fit(model, alphabet, train, validation, config, batch_loss, "train")
+
+
+def distill(model: LPRNet, teacher: torch.nn.Module, alphabet: Alphabet, train: tuple[np.ndarray, np.ndarray],
+            validation: tuple[np.ndarray, np.ndarray], config: TrainConfig, temperature: float = 2.0) -> list[dict]:
+    """Train `model` in place to reproduce `teacher`'s per-frame outputs on augmented training images (the labels
+    are not read: the teacher's distributions carry more than a plate text, and they make every augmented image
+    a target); return the history, one row per validation (on the labels).
+
+    Batch norm stays frozen (eval mode): the published weights' running statistics are far from their batch
+    statistics, and in train mode a student pruned by 0.5 reached 33 % validation accuracy after 800 steps,
+    against 75 % with frozen statistics (one scratch run each)."""
+    teacher = teacher.eval()
+
+    def batch_loss(x: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
+        x = augment(x)
+        with torch.no_grad():
+            target = teacher(x)
+        model.eval()
+        return distillation_loss(model(x), target, temperature)
+
+    return _fit(model, alphabet, train, validation, config, batch_loss, "distill")
+
+
+def _fit(model: LPRNet, alphabet: Alphabet, train: tuple[np.ndarray, np.ndarray],
+         validation: tuple[np.ndarray, np.ndarray], config: TrainConfig, batch_loss, description: str) -> list[dict]:
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     generator = np.random.default_rng(config.seed)
@@ -75,15 +145,13 @@ def train_ctc(model: LPRNet, alphabet: Alphabet, train: tuple[np.ndarray, np.nda
         best_accuracy = start["accuracy"]
         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     running_loss, order = [], np.array([], dtype=int)
-    progress = tqdm(range(1, total_steps + 1), desc="train", mininterval=5)
+    progress = tqdm(range(1, total_steps + 1), desc=description, mininterval=5)
     for step in progress:
         if len(order) < config.batch_size:
             order = np.concatenate([order, generator.permutation(len(images))])
         batch, order = order[:config.batch_size], order[config.batch_size:]
         x = torch.from_numpy(to_network_input(images[batch])).to(memory_format=torch.channels_last)
-        targets, lengths = encode_labels(labels[batch], alphabet)
-        model.train()
-        loss = ctc_loss(model(x), targets, lengths, alphabet.blank)
+        loss = batch_loss(x, labels[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

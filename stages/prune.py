@@ -1,4 +1,5 @@
-"""DVC stage `prune`: lossless dead-channel removal, then structural filter pruning, then optional fine-tuning.
+"""DVC stage `prune`: lossless dead-channel removal, then structural filter pruning, then optional fine-tuning
+(on the labels, or distilled from the model before structural pruning).
 
 Writes the pruned model, and metrics with the common keys, the reduction ratios against the baseline, what the
 lossless step removed and, when it fine-tunes, the validation accuracy before and after (fine-tuning keeps the
@@ -19,7 +20,7 @@ from lprnet.io import write_json_atomic
 from lprnet.metrics import artifact_metrics, count_macs, count_params
 from lprnet.prune import prune_channels, remove_dead_channels
 from lprnet.stage import parse_args, read_section, run
-from lprnet.train import TrainConfig, train_ctc
+from lprnet.train import TrainConfig, distill, train_ctc
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,14 @@ class PruneParams:
     scope: str  # global | layer
     finetune_steps: int  # 0: no fine-tuning
     finetune_lr: float
+    distill: bool  # fine-tune towards the losslessly pruned model's outputs instead of the labels
+    distill_temperature: float
     batch_size: int
     seed: int
+
+    def __post_init__(self):
+        if not self.distill_temperature > 0:  # also refuses NaN
+            raise ValueError(f"prune.distill_temperature must be positive, got {self.distill_temperature!r}")
 
 
 def main() -> None:
@@ -40,16 +47,19 @@ def main() -> None:
     baseline, alphabet = load_model(args.baseline)
     before = {"params": count_params(baseline), "macs": count_macs(baseline)}
 
-    model, dead = remove_dead_channels(baseline)
-    lossless_macs = count_macs(model)
-    model = prune_channels(model, params.ratio, params.criterion, params.scope)
+    lossless, dead = remove_dead_channels(baseline)  # the same function as the baseline (a test), fewer MACs
+    lossless_macs = count_macs(lossless)
+    model = prune_channels(lossless, params.ratio, params.criterion, params.scope)
     finetuning = {}
     if params.finetune_steps > 0:
         config = TrainConfig(steps=params.finetune_steps, batch_size=params.batch_size, lr=params.finetune_lr,
                              eval_every=max(1, params.finetune_steps // 5), patience=10**9, seed=params.seed,
                              threads=bench.threads, keep_start=True)
-        history = train_ctc(model, alphabet, load_prepared(args.data, "train"), load_prepared(args.data, "calib"),
-                            config)
+        train, calib = load_prepared(args.data, "train"), load_prepared(args.data, "calib")
+        if params.distill:
+            history = distill(model, lossless, alphabet, train, calib, config, params.distill_temperature)
+        else:
+            history = train_ctc(model, alphabet, train, calib, config)
         best = max(history, key=lambda row: row["val_accuracy"])  # the first of equals: what train_ctc keeps
         # Validation (calib split) accuracy before fine-tuning and of the weights kept, and the step they are from
         # (0: fine-tuning did not beat the start).

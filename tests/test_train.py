@@ -1,17 +1,28 @@
 """train_ctc's `keep_start`: fine-tuning validates the starting weights and returns them when no later validation
-beats them (the published weights lost everything in train mode, see train.py)."""
+beats them (the published weights lost everything in train mode, see train.py); distillation towards a teacher."""
 
 from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from lprnet.backends import TorchPredictor
 from lprnet.data import list_images, load_folder
 from lprnet.evaluate import evaluate
 from lprnet.prune import prune_channels, remove_dead_channels
-from lprnet.train import TrainConfig, train_ctc
+from lprnet.train import (
+    MAX_BRIGHTNESS_SHIFT,
+    MAX_CONTRAST_CHANGE,
+    MAX_NOISE,
+    TrainConfig,
+    augment,
+    distill,
+    distillation_loss,
+    train_ctc,
+)
+from tests.conftest import as_input
 
 
 def states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -52,3 +63,46 @@ def test_pruned_published_weights_keep_their_accuracy_through_fine_tuning(publis
     final = evaluate(TorchPredictor(model, alphabet), *validation)["accuracy"]
     assert history[0]["val_accuracy"] == start > 0.8
     assert final == max(row["val_accuracy"] for row in history) >= start
+
+
+def test_distillation_loss_is_zero_only_where_the_distributions_agree():
+    torch.manual_seed(0)
+    teacher = torch.randn(4, 35, 18)
+    assert distillation_loss(teacher.clone(), teacher, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert distillation_loss(teacher + 5.0, teacher, 2.0).item() == pytest.approx(0.0, abs=1e-6)  # softmax shift
+    assert distillation_loss(torch.randn(4, 35, 18), teacher, 2.0).item() > 0.1
+
+
+def test_distillation_moves_the_student_towards_the_teacher_without_reading_labels_or_batch_norm(
+        random_model, latin, images_and_labels):
+    teacher = remove_dead_channels(random_model)[0]
+    student = prune_channels(teacher, 0.5)
+    x = as_input(images_and_labels[0])
+
+    def gap(model):
+        with torch.no_grad():
+            return distillation_loss(model.eval()(x), teacher(x), 2.0).item()
+
+    before = gap(student)
+    statistics = {k: v.clone() for k, v in student.state_dict().items() if "running" in k}
+    config = TrainConfig(steps=12, batch_size=8, lr=3e-3, eval_every=6, patience=10, threads=2)
+    images, labels = images_and_labels
+    distilled = copy.deepcopy(student)
+    history = distill(distilled, teacher, latin, images_and_labels, images_and_labels, config)
+    assert [row["step"] for row in history] == [6, 12]
+    assert gap(distilled) < 0.8 * before
+    assert all(torch.equal(distilled.state_dict()[k], v) for k, v in statistics.items())  # frozen batch norm
+    # Other labels, same training: the labels only reach validation.
+    relabelled = copy.deepcopy(student)
+    distill(relabelled, teacher, latin, (images, labels[::-1]), images_and_labels, config)
+    assert states_equal(relabelled, distilled)
+
+
+def test_augment_keeps_the_shape_and_moves_pixels_within_its_bounds(images_and_labels):
+    torch.manual_seed(0)
+    x = as_input(images_and_labels[0])
+    jittered = augment(x)
+    assert jittered.shape == x.shape and not torch.equal(jittered, x)
+    # Contrast, brightness and 4 sigma of noise bound how far a value can move from the value range.
+    bound = (1 + MAX_CONTRAST_CHANGE) * x.abs().max() + MAX_BRIGHTNESS_SHIFT + 4 * MAX_NOISE
+    assert jittered.abs().max() <= bound

@@ -1,0 +1,55 @@
+"""The `prune` stage script: distillation instead of label fine-tuning, and its temperature refused when invalid."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lprnet.artifacts import save_model
+from lprnet.data import save_split
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_prune_stage(tmp_path: Path, model, latin, images_and_labels, **overrides) -> subprocess.CompletedProcess:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["prune"].update(overrides)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    images, labels = images_and_labels
+    for split, (start, stop) in {"train": (0, 16), "calib": (16, 24), "test": (16, 24)}.items():
+        save_split(data / f"{split}.npz", images[start:stop], labels[start:stop])
+    (data / "alphabet.json").write_text(json.dumps({"alphabet": latin.name}))
+    save_model(tmp_path / "baseline.pt", model, latin)
+    return subprocess.run([sys.executable, str(REPO / "stages/prune.py"), "--params", str(tmp_path / "params.yaml"),
+                           "--baseline", str(tmp_path / "baseline.pt"), "--data", str(data),
+                           "--model", str(tmp_path / "pruned.pt"), "--metrics", str(tmp_path / "metrics.json")],
+                          capture_output=True, text=True)
+
+
+def test_distilled_fine_tuning_validates_and_reports_like_label_fine_tuning(tmp_path, random_model, latin,
+                                                                          images_and_labels):
+    result = run_prune_stage(tmp_path, random_model, latin, images_and_labels, ratio=0.5, finetune_steps=4,
+                             batch_size=8, distill=True, distill_temperature=3.0)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["macs_ratio"] < 0.7 and metrics["num_images"] == 8
+    assert {"finetune_val_accuracy_start", "finetune_val_accuracy", "finetune_kept_step"} <= set(metrics)
+    assert "distill" in result.stderr  # its progress bar, not train_ctc's
+
+
+@pytest.mark.parametrize("temperature", [0, -1, float("nan")])
+def test_a_bad_distillation_temperature_is_a_one_line_error_without_output(tmp_path, random_model, latin,
+                                                                           images_and_labels, temperature):
+    result = run_prune_stage(tmp_path, random_model, latin, images_and_labels, distill=True,
+                             distill_temperature=temperature)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].endswith(f"prune.distill_temperature must be positive, got "
+                                                            f"{float(temperature)!r}")
+    assert not (tmp_path / "pruned.pt").exists() and not (tmp_path / "metrics.json").exists()
