@@ -128,22 +128,24 @@ def latency_regression(before: dict, after: dict, thresholds: GateParams) -> tup
     old_threads, new_threads = before.get("threads"), after.get("threads")
     if old_threads is not None and new_threads is not None and old_threads != new_threads:
         return None, [f"threads {old_threads} -> {new_threads}: latency not gated (not comparable)"]
-    notes = []
-    sigmas = []
-    for side, metrics in (("old", before), ("new", after)):
-        sigma = latency_sigma_ms(metrics)
-        if sigma is None:
-            notes.append(f"no latency spread in {side}: only the {thresholds.min_latency_slowdown:.0%} floor applies")
-        sigmas.append(sigma or 0.0)
-    # Independent runs: their spreads add in quadrature.
-    noise_ms = math.hypot(*sigmas)
+    notes = [f"no latency spread in {side}: only the {thresholds.min_latency_slowdown:.0%} floor applies"
+             for side, metrics in (("old", before), ("new", after)) if latency_sigma_ms(metrics) is None]
+    noise_ms, allowed_ms = latency_allowance_ms(before, after, thresholds)
     slowdown_ms = new_p50 - old_p50
-    allowed_ms = max(thresholds.latency_noise_factor * noise_ms, thresholds.min_latency_slowdown * old_p50)
     if slowdown_ms > allowed_ms:
         return (f"latency p50 +{slowdown_ms:.2f} ms (x{new_p50 / old_p50:.2f}), beyond "
                 f"{thresholds.latency_noise_factor:g} x {noise_ms:.2f} ms noise and the "
                 f"{thresholds.min_latency_slowdown:.0%} floor"), notes
     return None, notes
+
+
+def latency_allowance_ms(before: dict, after: dict, thresholds: GateParams) -> tuple[float, float]:
+    """(combined noise sigma, the p50 change in ms that still counts as noise) between two runs' metrics, which
+    must both hold a positive `latency_ms_p50`."""
+    # Independent runs: their spreads add in quadrature; a side without a spread adds none.
+    noise_ms = math.hypot(latency_sigma_ms(before) or 0.0, latency_sigma_ms(after) or 0.0)
+    return noise_ms, max(thresholds.latency_noise_factor * noise_ms,
+                         thresholds.min_latency_slowdown * number(before, "latency_ms_p50"))
 
 
 def latency_sigma_ms(metrics: dict) -> float | None:

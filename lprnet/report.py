@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from lprnet.gate import GateParams, latency_allowance_ms
+
 # Figures the notebook study reported (not measured here): the rows our results are compared with.
 STUDY = {
     "baseline": {"accuracy": 0.899, "latency_ms": 203.9, "onnx_mb": 1.707},
@@ -155,17 +157,32 @@ def with_benchmark_entries(metrics: dict[str, dict]) -> dict[str, dict]:
     return flat
 
 
-def delta_table(current: dict[str, dict], previous: dict[str, dict],
+def delta_table(current: dict[str, dict], previous: dict[str, dict], noise: GateParams | None = None,
                 keys=("accuracy", "latency_ms_p50", "size_bytes")) -> str:
-    """The `keys` that differ between two sets of metrics (see `with_benchmark_entries`), one row each."""
+    """The `keys` that differ between two sets of metrics (see `with_benchmark_entries`), one row each. With `noise`,
+    a p50 latency change within the regression gate's timing noise (either direction) is left out and counted
+    under the table: a re-run moves every timing a little."""
     lines = ["| metrics file | key | previous | now | change |", "|---|---|---|---|---|"]
+    within_noise = 0
     for name in sorted(current):
         for key in keys:
             now, before = current[name].get(key), previous.get(name, {}).get(key)
             if isinstance(now, (int, float)) and isinstance(before, (int, float)) and now != before:
+                if (noise is not None and key == "latency_ms_p50" and before > 0
+                        and abs(now - before) <= latency_allowance_ms(previous[name], current[name], noise)[1]):
+                    within_noise += 1
+                    continue
                 change = (now - before) / before if before else math.inf
                 lines.append(f"| {name} | {key} | {before:.4g} | {now:.4g} | {change:+.1%} |")
-    return "\n".join(lines) if len(lines) > 2 else "No metric changed since the previous commit."
+    if len(lines) == 2:
+        return ("No metric changed beyond the timing noise since the previous commit." if within_noise
+                else "No metric changed since the previous commit.")
+    table = "\n".join(lines)
+    if within_noise:
+        table += (f"\n\n{within_noise} p50 latency change(s) within the timing noise are not shown "
+                  f"(the regression gate's rule: at most {noise.latency_noise_factor:g} combined noise sigmas or "
+                  f"{noise.min_latency_slowdown:.0%} of the previous p50).")
+    return table
 
 
 def plot(table: list[dict], path_pareto, path_sizes) -> None:

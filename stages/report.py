@@ -1,7 +1,8 @@
 """DVC stage `report`: regenerate reports/report.md, its PNG plots and the DVC plot data from the metrics.
 
 Deltas are against the metrics committed at git HEAD (the previous commit, while the new results are not yet
-committed); outside a git repository that section says so.
+committed); outside a git repository that section says so. Latency changes within the timing noise, by the
+regression gate's rule and `gate` params, are counted instead of listed.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import subprocess
 from pathlib import Path
 
 from lprnet import report
+from lprnet.gate import GateParams
 from lprnet.io import atomic_path, write_text_atomic
-from lprnet.stage import parse_args, run
+from lprnet.stage import parse_args, read_section, run
 
 
 def read_metrics(folder: Path) -> dict[str, dict]:
@@ -32,6 +34,7 @@ def committed_metrics(folder: Path) -> dict[str, dict] | None:
 
 def main() -> None:
     args = parse_args(__doc__, ["metrics", "out", "pareto_csv", "sizes_csv"])
+    noise = read_section(args.params, "gate", GateParams)
     metrics = read_metrics(Path(args.metrics))
     benchmark = metrics.pop("benchmark", None)
     if benchmark is None:
@@ -54,7 +57,7 @@ def main() -> None:
         writer.writerows(values)
         write_text_atomic(path, text.getvalue())
     changes = (report.delta_table(report.with_benchmark_entries({**metrics, "benchmark": benchmark}),
-                                  report.with_benchmark_entries(previous))
+                                  report.with_benchmark_entries(previous), noise)
                if previous else "No committed metrics to compare with.")
     document = f"""# LPRNet optimisation report
 

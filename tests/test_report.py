@@ -60,3 +60,21 @@ def test_the_deltas_include_the_benchmark_timings():
     assert table.splitlines()[2:] == ["| benchmark: tvm_tune_fp32 | latency_ms_p50 | 2 | 1.5 | -25.0% |"]
     same = report.delta_table(report.with_benchmark_entries(previous), report.with_benchmark_entries(previous))
     assert same == "No metric changed since the previous commit."
+
+
+def test_latency_changes_within_the_gates_noise_are_counted_not_listed():
+    from lprnet.gate import GateParams
+
+    previous = {"a": {"latency_ms_p50": 10.0, "latency_ms_mad": 0.5, "accuracy": 0.9},
+                "b": {"latency_ms_p50": 10.0, "latency_ms_mad": 0.5}, "c": {"latency_ms_p50": 10.0}}
+    current = {"a": {"latency_ms_p50": 11.0, "latency_ms_mad": 0.5, "accuracy": 0.8},  # 1 ms: within 3 sigmas
+               "b": {"latency_ms_p50": 5.0, "latency_ms_mad": 0.5},  # faster beyond the noise: listed
+               "c": {"latency_ms_p50": 10.4}}  # no spread: within the 5 % floor
+    table = report.delta_table(current, previous, GateParams(latency_noise_factor=3.0, min_latency_slowdown=0.05))
+    assert [line.split(" | ")[:2] for line in table.splitlines()[2:4]] == [["| a", "accuracy"],
+                                                                            ["| b", "latency_ms_p50"]]
+    assert "2 p50 latency change(s) within the timing noise are not shown" in table
+    assert report.delta_table(current, previous).count("latency_ms_p50") == 3  # no noise model: every change
+    quiet = {"c": {"latency_ms_p50": 10.4}}
+    assert (report.delta_table(quiet, {"c": previous["c"]}, GateParams())
+            == "No metric changed beyond the timing noise since the previous commit.")
