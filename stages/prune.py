@@ -38,6 +38,9 @@ class PruneParams:
     def __post_init__(self):
         if not self.distill_temperature > 0:  # also refuses NaN
             raise ValueError(f"prune.distill_temperature must be positive, got {self.distill_temperature!r}")
+        if self.distill and self.finetune_steps <= 0:
+            raise ValueError(f"prune.distill is true but prune.finetune_steps is {self.finetune_steps}: "
+                             "distillation is fine-tuning, give it steps")
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""The `prune` stage script: distillation instead of label fine-tuning, and its temperature refused when invalid."""
+"""The `prune` stage script: distillation instead of label fine-tuning, and its settings refused when invalid."""
 
 from __future__ import annotations
 
@@ -53,3 +53,9 @@ def test_a_bad_distillation_temperature_is_a_one_line_error_without_output(tmp_p
     assert result.stderr.strip().splitlines()[-1].endswith(f"prune.distill_temperature must be positive, got "
                                                             f"{float(temperature)!r}")
     assert not (tmp_path / "pruned.pt").exists() and not (tmp_path / "metrics.json").exists()
+
+
+def test_distillation_without_fine_tuning_steps_is_refused(tmp_path, random_model, latin, images_and_labels):
+    result = run_prune_stage(tmp_path, random_model, latin, images_and_labels, distill=True, finetune_steps=0)
+    assert result.returncode != 0 and "prune.finetune_steps is 0" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "pruned.pt").exists()
