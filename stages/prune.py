@@ -18,7 +18,7 @@ from lprnet.bench import BenchConfig
 from lprnet.data import load_prepared
 from lprnet.io import write_json_atomic
 from lprnet.metrics import artifact_metrics, count_macs, count_params
-from lprnet.prune import prune_channels, remove_dead_channels
+from lprnet.prune import ACTIVATION, prune_channels, remove_dead_channels
 from lprnet.stage import parse_args, read_section, run
 from lprnet.train import TrainConfig, distill, train_ctc
 
@@ -26,7 +26,7 @@ from lprnet.train import TrainConfig, distill, train_ctc
 @dataclass(frozen=True)
 class PruneParams:
     ratio: float  # share of channels removed by the criterion, in [0, 1)
-    criterion: str  # l1 | l2
+    criterion: str  # l1 | l2 | activation
     scope: str  # global | layer
     finetune_steps: int  # 0: no fine-tuning
     finetune_lr: float
@@ -52,7 +52,9 @@ def main() -> None:
 
     lossless, dead = remove_dead_channels(baseline)  # the same function as the baseline (a test), fewer MACs
     lossless_macs = count_macs(lossless)
-    model = prune_channels(lossless, params.ratio, params.criterion, params.scope)
+    # The activation criterion runs the model on train images (never the test split).
+    sample = load_prepared(args.data, "train")[0] if params.criterion == ACTIVATION else None
+    model = prune_channels(lossless, params.ratio, params.criterion, params.scope, sample)
     finetuning = {}
     if params.finetune_steps > 0:
         config = TrainConfig(steps=params.finetune_steps, batch_size=params.batch_size, lr=params.finetune_lr,

@@ -15,7 +15,16 @@ from lprnet.data import list_images, load_folder
 from lprnet.export import export_onnx
 from lprnet.metrics import count_macs, count_params
 from lprnet.model import LPRNet, LPRNetConfig
-from lprnet.prune import CRITERIA, GROUPS, MIN_CHANNELS, group_width, prune_channels, remove_dead_channels
+from lprnet.prune import (
+    ACTIVATION,
+    CRITERIA,
+    GROUPS,
+    MIN_CHANNELS,
+    channel_scores,
+    group_width,
+    prune_channels,
+    remove_dead_channels,
+)
 
 from .conftest import as_input
 
@@ -166,6 +175,32 @@ def test_the_least_important_channels_go_first(random_model, criterion):
     assert pruned.backbone[17].weight.min() == 1
 
 
+def test_the_activation_criterion_removes_channels_the_relu_silences_which_weight_norms_keep(random_model,
+                                                                                           images_and_labels):
+    # Three stem channels with full filters and BN scales but a shift that keeps them below zero: after the ReLU
+    # they are always 0. The weight criteria cannot see it; the activation criterion removes them first. (The
+    # stem is the group where every channel of the random fixture is active on plates.)
+    silenced = [5, 20, 40]
+    with torch.no_grad():
+        random_model.backbone[1].bias[silenced] = -1e3
+    images = images_and_labels[0]
+    scores = channel_scores(random_model, ACTIVATION, images)
+    assert set(scores) == {g.name for g in GROUPS}
+    assert all(scores[g.name].shape == (group_width(random_model, g),) for g in GROUPS)
+    assert (scores["stem"][silenced] == 0).all() and (scores["stem"] > 0).sum() == 61
+    by_activation = prune_channels(random_model, 0.05, criterion=ACTIVATION, scope="layer", images=images)
+    by_weights = prune_channels(random_model, 0.05, criterion="l1", scope="layer")
+    assert by_activation.config.stem == by_weights.config.stem == 64 - 3
+    assert (by_activation.backbone[1].bias > -1e3).all()
+    assert (by_weights.backbone[1].bias == -1e3).sum() == 3
+    assert torch.isfinite(logits(by_activation, as_input(images[:4]))).all()
+
+
+def test_the_activation_criterion_needs_images(random_model):
+    with pytest.raises(ValueError, match=r"'activation' needs images"):
+        prune_channels(random_model, 0.3, criterion=ACTIVATION)
+
+
 def test_global_scope_compares_groups_after_normalising_their_scores(random_model):
     reference = prune_channels(random_model, 0.3, scope="global").config
     # Scaling one group's filters by a power of two scales its scores exactly; the selection must not move.
@@ -200,7 +235,7 @@ def test_a_bad_ratio_is_refused_naming_it(random_model, ratio):
 
 
 def test_a_bad_criterion_or_scope_is_refused_listing_the_valid_names(random_model):
-    with pytest.raises(ValueError, match=r"'l3'.*l1, l2"):
+    with pytest.raises(ValueError, match=r"'l3'.*l1, l2, activation"):
         prune_channels(random_model, 0.3, criterion="l3")
     with pytest.raises(ValueError, match=r"'local'.*global, layer"):
         prune_channels(random_model, 0.3, scope="local")
