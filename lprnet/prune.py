@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lprnet.data import to_network_input
+from lprnet.backends import TorchPredictor
+from lprnet.evaluate import predict_logits
 from lprnet.model import LPRNet
 
 SUBNORMAL = torch.finfo(torch.float32).tiny  # weights below this magnitude count as zero
@@ -344,7 +345,7 @@ def channel_scores(model: LPRNet, criterion: str = "l1", images: np.ndarray | No
     return scores
 
 
-def _activation_scores(model: LPRNet, images: np.ndarray, batch_size: int = 128) -> dict[str, torch.Tensor]:
+def _activation_scores(model: LPRNet, images: np.ndarray) -> dict[str, torch.Tensor]:
     sums: dict[str, torch.Tensor] = {}
 
     def record(name: str, output: torch.Tensor) -> None:
@@ -355,10 +356,7 @@ def _activation_scores(model: LPRNet, images: np.ndarray, batch_size: int = 128)
         lambda _module, _inputs, output, name=g.name: record(name, output)) for g in GROUPS]
     was_training = model.training
     try:
-        with torch.no_grad():
-            model.eval()
-            for start in range(0, len(images), batch_size):
-                model(torch.from_numpy(to_network_input(images[start:start + batch_size])))
+        predict_logits(TorchPredictor(model, alphabet=None), images)  # the outputs are not needed, the hooks' sums are
     finally:
         for hook in hooks:
             hook.remove()

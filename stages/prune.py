@@ -52,15 +52,17 @@ def main() -> None:
 
     lossless, dead = remove_dead_channels(baseline)  # the same function as the baseline (a test), fewer MACs
     lossless_macs = count_macs(lossless)
-    # The activation criterion runs the model on train images (never the test split).
-    sample = load_prepared(args.data, "train")[0] if params.criterion == ACTIVATION else None
-    model = prune_channels(lossless, params.ratio, params.criterion, params.scope, sample)
+    # The activation criterion runs the model on train images (never the test split); fine-tuning trains on them.
+    train = (load_prepared(args.data, "train") if params.criterion == ACTIVATION or params.finetune_steps > 0
+             else None)
+    model = prune_channels(lossless, params.ratio, params.criterion, params.scope,
+                           train[0] if params.criterion == ACTIVATION else None)
     finetuning = {}
     if params.finetune_steps > 0:
         config = TrainConfig(steps=params.finetune_steps, batch_size=params.batch_size, lr=params.finetune_lr,
                              eval_every=max(1, params.finetune_steps // 5), patience=10**9, seed=params.seed,
                              threads=bench.threads, keep_start=True)
-        train, calib = load_prepared(args.data, "train"), load_prepared(args.data, "calib")
+        calib = load_prepared(args.data, "calib")
         if params.distill:
             history = distill(model, lossless, alphabet, train, calib, config, params.distill_temperature)
         else:
