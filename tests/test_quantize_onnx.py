@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 
-from lprnet.backends import load_predictor
+from lprnet.backends import load_predictor, onnx_session
 from lprnet.data import to_network_input
 from lprnet.export import export_onnx
 from lprnet.quantize_onnx import (
@@ -91,6 +91,31 @@ def test_the_qdq_model_takes_the_torch_int8_quantization(tmp_path, random_model,
     # Measured: mean logit error 0.004 against the PyTorch int8 model; fp32 is 0.014 from it and ONNX Runtime's own
     # minmax ranges 0.027, so a plan that missed a range or a weight would be several times further.
     assert np.abs(ours - reference).mean() < 0.5 * np.abs(float_logits - reference).mean()
+
+
+def test_onnx_runtime_runs_the_int8_models_max_pools_in_float(tmp_path, random_model, latin, images_and_labels):
+    import onnxruntime as ort
+
+    images, _ = images_and_labels
+    export_onnx(random_model, latin, tmp_path / "fp32.onnx")
+    quantize_qdq(torch_int8_plan(onnx.load(str(tmp_path / "fp32.onnx")), int8_torch_model(random_model, images)),
+                 tmp_path / "int8.onnx")
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "default.onnx")
+    default = ort.InferenceSession(str(tmp_path / "int8.onnx"), options, providers=["CPUExecutionProvider"])
+    ours = onnx_session(tmp_path / "int8.onnx", optimized_model_path=tmp_path / "ours.onnx")
+
+    def pools_reading_uint8(optimized):
+        graph = onnx.load(str(optimized)).graph
+        quantized = {out for node in graph.node if node.op_type == "QuantizeLinear" for out in node.output}
+        return [node.name for node in graph.node if node.op_type == "MaxPool" and node.input[0] in quantized]
+
+    # A default session moves the quantize above the channel-selecting pools (ONNX Runtime's slow uint8 NCHW pool);
+    # ours keeps them float, and computes the same logits.
+    assert len(pools_reading_uint8(tmp_path / "default.onnx")) == 2
+    assert pools_reading_uint8(tmp_path / "ours.onnx") == []
+    x = to_network_input(images)
+    assert np.array_equal(ours.run(None, {"images": x})[0], default.run(None, {"images": x})[0])
 
 
 def test_an_int8_model_of_another_architecture_is_refused(tmp_path, random_model, latin, images_and_labels):
