@@ -322,7 +322,9 @@ CRITERIA: dict[str, Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]]
 # filter norms miss what the batch norm's shift and the ReLU do to a channel. With the published weights, pruned
 # without fine-tuning, calib accuracy was 85 % at ratio 0.4 against 63 % for l1, and 20 % against 0 at 0.5.
 ACTIVATION = "activation"
-ACTIVATION_IMAGES = 1024  # at most this many images are run; the means settle long before
+# At most this many images are run. On the synthetic train split at ratio 0.3, 1024 and 4096 images removed the
+# same channels (per-group normalised scores within 5 %); 256 did not.
+ACTIVATION_IMAGES = 1024
 SCOPES = ("global", "layer")
 
 

@@ -67,7 +67,7 @@ def main() -> None:
             history = distill(model, lossless, alphabet, train, calib, config, params.distill_temperature)
         else:
             history = train_ctc(model, alphabet, train, calib, config)
-        best = max(history, key=lambda row: row["val_accuracy"])  # the first of equals: what train_ctc keeps
+        best = max(history, key=lambda row: row["val_accuracy"])  # the first of equals: what fine-tuning keeps
         # Validation (calib split) accuracy before fine-tuning and of the weights kept, and the step they are from
         # (0: fine-tuning did not beat the start).
         finetuning = {"finetune_val_accuracy_start": history[0]["val_accuracy"],
