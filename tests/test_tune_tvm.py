@@ -104,26 +104,33 @@ def test_the_tuned_build_matches_the_untuned_one(tuned, module):
     np.testing.assert_allclose(run_vm(scheduled, images), run_vm(module, images), atol=1e-3, rtol=0)
 
 
-def constant_shapes(mod: tvm.IRModule) -> list[tuple[int, ...]]:
-    """Shapes of the tensor constants main passes to its kernels."""
-    shapes = []
+def constants(mod: tvm.IRModule) -> list[np.ndarray]:
+    """The tensor constants main passes to its kernels."""
+    arrays = []
 
     def visit(expr):
         if isinstance(expr, tvm.ir.expr.Constant) and isinstance(expr.ty, relax.TensorType):
-            shapes.append(tuple(int(dim) for dim in expr.ty.shape))
+            arrays.append(expr.value.numpy())
 
     relax.analysis.post_order_visit(mod["main"].body, visit)
-    return shapes
+    return arrays
 
 
 def test_the_tuned_build_holds_the_weight_in_the_layout_its_schedule_chose(tuned, module):
     folder, _ = tuned
-    assert constant_shapes(module) == [(3, 3, INPUT_SHAPE[1], 16)]  # HWIO, as ConvertLayout left it
+    (weight,) = constants(module)
+    assert weight.shape == (3, 3, INPUT_SHAPE[1], 16)  # HWIO, as ConvertLayout left it
     scheduled = tune_tvm.apply_database(module, TARGET, folder)
-    (packed,) = constant_shapes(scheduled)
-    # Packed at build time: another layout of the same 3 x 3 x 8 x 16 values, and no kernel left to pack it per call.
-    assert len(packed) > 4 and np.prod(packed) == 3 * 3 * INPUT_SHAPE[1] * 16
-    assert len([f for f in scheduled.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]) == 3
+    (packed,) = constants(scheduled)
+    # Which layout depends on the measured draw (4 x 3 x 3 x 2 x 16 in one tuning, 16 x 3 x 3 x 8 in another), so
+    # assert what holds for any: the same values, held in the shape a kernel reads, and no kernel that packs per call.
+    np.testing.assert_array_equal(np.sort(packed, axis=None), np.sort(weight, axis=None))
+    kernels = [f for f in scheduled.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert len(kernels) == 3
+    read_shapes = {tuple(int(dim) for dim in param.shape) for f in kernels for param in f.params}
+    assert packed.shape in read_shapes
+    # MetaScheduleApplyDatabase alone leaves the packing inside the convolution's kernel, run on every call.
+    assert "layout_rewrite_preproc" not in scheduled.script()
     # With the setting off, no weight is marked layout-free: schedules read the weights as they are.
     plain = tune_tvm.tuning_module(conv_module(), weight_layout_rewrite=False)
     assert all(not (f.attrs or {}).get("layout_free_buffers") for f in plain.functions.values()
