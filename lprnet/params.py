@@ -23,10 +23,11 @@ def read_section(path: str | os.PathLike, section: str, cls: type[T]) -> T:
         params = yaml.safe_load(f) or {}
     if section not in params or not isinstance(params[section], dict):
         raise ValueError(f"{path}: no section {section!r}")
-    return from_dict(params[section], cls, f"{path}: {section}")
+    return from_dict(params[section], cls, path, section)
 
 
-def from_dict(values: dict, cls: type[T], where: str) -> T:
+def from_dict(values: dict, cls: type[T], path: Path, section: str) -> T:
+    where = f"{path}: {section}"
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
@@ -38,7 +39,10 @@ def from_dict(values: dict, cls: type[T], where: str) -> T:
     hints = get_type_hints(cls)
     converted = {name: _convert(value, get_origin(hints[name]) or hints[name], f"{where}.{name}")
                  for name, value in values.items()}
-    return cls(**converted)
+    try:
+        return cls(**converted)
+    except ValueError as error:  # a dataclass's own check (__post_init__) names the key, not the file
+        raise ValueError(f"{path}: {error}") from None
 
 
 def _convert(value, expected, where: str):
