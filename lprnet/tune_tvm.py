@@ -222,17 +222,23 @@ def tasks_to_tune(tasks: Sequence[ms.ExtractedTask], database: ms.Database, targ
     return [task for task, count in zip(tasks, recorded_trials(tasks, database)) if count == 0]
 
 
-def _check_settings(folder: Path, settings: dict) -> None:
-    """Refuse a database tuned with other settings: MetaSchedule looks records up by kernel alone, whatever CPU or
-    budget they were tuned with, so reusing them would silently keep the old tuning."""
+def _check_settings(folder: Path, settings: dict, replace: bool) -> None:
+    """Refuse a database tuned with other settings, or with `replace` start a new one in its place: MetaSchedule
+    looks records up by kernel alone, whatever CPU or budget they were tuned with, so reusing them would silently keep
+    the old tuning."""
     path = folder / SETTINGS_FILE
     if path.is_file():
         recorded = json.loads(path.read_text(encoding="utf-8"))
         changed = sorted(key for key in set(recorded) | set(settings) if recorded.get(key) != settings.get(key))
         if changed:
             described = "; ".join(f"{key}: {recorded.get(key)!r} there, {settings.get(key)!r} now" for key in changed)
-            raise ValueError(f"{folder}: the database was tuned with other settings ({described}); delete the folder "
-                             f"to tune again")
+            if not replace:
+                raise ValueError(f"{folder}: the database was tuned with other settings ({described}); delete the "
+                                 f"folder to tune again")
+            logger.warning("%s: the database was tuned with other settings (%s); starting a new one", folder, described)
+            # The settings file goes last: a run killed in between still finds other settings, and replaces again.
+            for name in (WORKLOAD_FILE, RECORD_FILE, SETTINGS_FILE):
+                (folder / name).unlink(missing_ok=True)
     elif any((folder / name).is_file() for name in (WORKLOAD_FILE, RECORD_FILE)):
         raise ValueError(f"{folder}: a MetaSchedule database without {SETTINGS_FILE}; delete the folder to tune again")
 
@@ -404,7 +410,7 @@ class TuningRun:
 def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_trials: int, trials_per_task: int, *,
          trials_per_iteration: int = MAX_TRIALS_PER_ITERATION, population: int = DEFAULT_POPULATION, seed: int = 0,
          threads: int | None = None, log_dir: str | os.PathLike | None = None,
-         progress: bool = True, rpc: RPCTarget | None = None) -> TuningRun:
+         progress: bool = True, rpc: RPCTarget | None = None, replace_other_settings: bool = False) -> TuningRun:
     """Tune the kernels of `mod` that the database in `work_dir` has no trial for (see `tasks_to_tune`), appending
     to that database; kernels none of whose trials worked stay untuned, with a warning.
 
@@ -420,6 +426,9 @@ def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_tri
     with its own thread count (its TVM_NUM_THREADS, else TVM's default), not `threads`. For an embedded device,
     `target` is an llvm target with the device's "mtriple", "mcpu" and "num-cores", and the device runs TVM's server:
     `python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY`.
+
+    A database tuned with other settings (target, budget, search, seed or TVM version) is refused, or with
+    `replace_other_settings` replaced by a new one, as the tvm-tune stage does: there DVC's cache keeps the old one.
     """
     start = time.perf_counter()
     if not isinstance(target, dict) or target.get("kind") != "llvm" or "num-cores" not in target:
@@ -439,7 +448,7 @@ def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_tri
     settings = {"format": SETTINGS_FORMAT, "target": target, "total_trials": total_trials,
                 "trials_per_task": trials_per_task, "trials_per_iteration": trials_per_iteration,
                 "population": population, "seed": seed, "tvm_version": tvm.__version__}
-    _check_settings(work_dir, settings)
+    _check_settings(work_dir, settings, replace_other_settings)
     database = open_database(work_dir, create=True)
     write_text_atomic(work_dir / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
     todo = tasks_to_tune(tasks, database, target)

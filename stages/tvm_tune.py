@@ -3,10 +3,10 @@
 
 The database is its own folder (`--database`), kept between runs (persist in dvc.yaml): kernels it has records for
 are not tuned again, so after an upstream change that keeps the kernels' shapes (new weights, a new calibration) the
-stage only applies the records and builds. A database tuned with another budget, seed or target is refused (delete
-it to tune again). Also writes, per precision, the estimated kernel time against trials (a DVC plot). With
-`tune.rpc_tracker`, candidates are timed on the RPC servers of that TVM tracker (`tune.rpc_key`); the tuned builds are
-still checked and evaluated on this machine.
+stage only applies the records and builds. A database tuned with another budget, seed or target is replaced by a new
+one (e.g. `dvc exp run -S tune.total_trials=576`; DVC's cache keeps the old one). Also writes, per precision, the
+estimated kernel time against trials (a DVC plot). With `tune.rpc_tracker`, candidates are timed on the RPC servers
+of that TVM tracker (`tune.rpc_key`); the tuned builds are still checked and evaluated on this machine.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def main() -> None:
                 tuning = tune_tvm.tune(mod, target, args.database, params.total_trials, params.trials_per_task,
                                        trials_per_iteration=params.trials_per_iteration,
                                        population=params.population, seed=params.seed,
-                                       threads=bench.threads, rpc=rpc)
+                                       threads=bench.threads, rpc=rpc, replace_other_settings=True)
                 tuned = tune_tvm.apply_database(mod, target, args.database)
             compile_tvm.save_artifact(tmp / precision, compile_tvm.build(tuned, target), tuned, target,
                                       compile_tvm.module_input_shape(mod), compile_tvm.module_alphabet_name(mod),

@@ -153,6 +153,21 @@ def test_a_database_with_every_task_is_reused_without_tuning(tuned, module, monk
     assert (folder / tune_tvm.RECORD_FILE).read_text() == records
 
 
+def test_a_database_tuned_with_other_settings_is_refused_or_replaced(tuned, module, tmp_path):
+    folder, first = tuned
+    copy = tmp_path / "database"
+    shutil.copytree(folder, copy)
+    records = (copy / tune_tvm.RECORD_FILE).read_text()
+    with pytest.raises(ValueError, match=f"tuned with other settings \\(total_trials: {TOTAL_TRIALS} there, 3 now\\)"):
+        tune_tvm.tune(module, TARGET, copy, 3, TRIALS_PER_TASK, population=POPULATION, seed=0, progress=False)
+    assert (copy / tune_tvm.RECORD_FILE).read_text() == records
+    # As the tvm-tune stage calls it (dvc exp run -S tune.total_trials=...): the old records go, the new budget tunes.
+    again = tune_tvm.tune(module, TARGET, copy, 3, TRIALS_PER_TASK, population=POPULATION, seed=0, progress=False,
+                          replace_other_settings=True)
+    assert again.tuned_tasks == 3 and len(tune_tvm.open_database(copy)) == again.trials < first.trials
+    assert json.loads((copy / tune_tvm.SETTINGS_FILE).read_text())["total_trials"] == 3
+
+
 def copy_with_failures(folder, copy, failed) -> tvm.s_tir.meta_schedule.Database:
     """A copy of the database in `folder` whose records of the workloads `failed(index)` picks are failures."""
     copy.mkdir()
