@@ -1,9 +1,9 @@
 """MetaSchedule tuning (lprnet.tune_tvm) on one small convolution: the database, the tuned build against the untuned
-one and its packed weight (tune.weight_layout_rewrite), reuse of a complete database, the trial plan, and the errors
-for a bad target, budget or database.
+one and its packed weight (tune.weight_layout_rewrite), reuse of a complete database, a database tuned with other
+settings (refused, or replaced as the stage does), the trial plan, and the errors for a bad target, budget or database.
 
 The module is tuned once per test module with 6 trials (about 25 s on 2 cores, most of it MetaSchedule searching the
-convolution's schedules); the error tests fail before any tuning.
+convolution's schedules), and once more with 3 to replace a database; the error tests fail before any tuning.
 """
 
 from __future__ import annotations
