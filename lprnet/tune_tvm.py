@@ -228,7 +228,10 @@ def _check_settings(folder: Path, settings: dict, replace: bool) -> None:
     the old tuning."""
     path = folder / SETTINGS_FILE
     if path.is_file():
-        recorded = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not JSON ({error}); delete the folder to tune again") from None
         changed = sorted(key for key in set(recorded) | set(settings) if recorded.get(key) != settings.get(key))
         if changed:
             described = "; ".join(f"{key}: {recorded.get(key)!r} there, {settings.get(key)!r} now" for key in changed)

@@ -168,6 +168,16 @@ def test_a_database_tuned_with_other_settings_is_refused_or_replaced(tuned, modu
     assert json.loads((copy / tune_tvm.SETTINGS_FILE).read_text())["total_trials"] == 3
 
 
+def test_an_unreadable_settings_file_is_named(tuned, module, tmp_path):
+    folder, _ = tuned
+    copy = tmp_path / "database"
+    shutil.copytree(folder, copy)
+    (copy / tune_tvm.SETTINGS_FILE).write_text("{total_trials: 6")  # edited by hand
+    with pytest.raises(ValueError, match=f"^{copy / tune_tvm.SETTINGS_FILE}: not JSON"):
+        tune_tvm.tune(module, TARGET, copy, TOTAL_TRIALS, TRIALS_PER_TASK, population=POPULATION, seed=0,
+                      progress=False, replace_other_settings=True)
+
+
 def copy_with_failures(folder, copy, failed) -> tvm.s_tir.meta_schedule.Database:
     """A copy of the database in `folder` whose records of the workloads `failed(index)` picks are failures."""
     copy.mkdir()
