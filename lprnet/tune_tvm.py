@@ -284,6 +284,37 @@ def import_tensor_intrinsics() -> None:
             cache.setdefault(f"<frozen {name}>", name)
     import tvm.s_tir.tensor_intrin  # noqa: F401  (registers the intrinsics)
 
+    _register_vnni_for_llvm22()
+
+
+def _register_vnni_for_llvm22() -> None:
+    """Re-register TVM's VNNI intrinsic (dot_16x4_vnni, which MetaSchedule's x86 rules tensorize uint8 x int8
+    convolutions with) with the operand types LLVM 22 declares for vpdpbusd.512: <64 x i8> for the two byte operands,
+    where TVM 0.27 passes <16 x i32> as LLVM 21 and older declared them (llvm/llvm-project#155194). With TVM's own
+    definition every tensorized candidate failed LLVM's module verification, so no int8 kernel used VNNI."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.s_tir.tensor_intrin import x86
+    from tvm.script import tirx as T
+
+    if tvm.target.codegen.llvm_version_major() < 22:
+        return
+
+    @T.prim_func(s_tir=True)
+    def dot_16x4_vnni_i8_operands(a: T.Buffer((4,), "uint8", offset_factor=1),
+                                  b: T.Buffer((16, 4), "int8", offset_factor=1),
+                                  c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+            T.writes(c[0:16])
+            a_u8x64 = T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], "uint8x4"), dtype="int32"), 16),
+                                    dtype="uint8x64")
+            c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), c.vload([0], dtype="int32x16"),
+                a_u8x64, b.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+
+    TensorIntrin.register(x86.VNNI_DOT_16x4_INTRIN, x86.dot_product_16x4_u8i8i32_desc, dot_16x4_vnni_i8_operands,
+                          override=True)
+
 
 def _build_and_export(mod: tvm.IRModule, target: tvm.target.Target) -> str:
     """What a builder worker does with one candidate: compile it, write it to a file for the runner, return the path."""
@@ -539,6 +570,7 @@ def apply_database(mod: tvm.IRModule, target: dict, database_dir: str | os.PathL
     into a kernel of its own and, the weights being constants, folded: the build holds the packed weights, and no
     call packs them again."""
     database = open_database(database_dir)
+    import_tensor_intrinsics()  # a tensorized record's trace names its intrinsic
     with compile_tvm.parse_target(target), database:
         # The pass reads the target and the database in force when it is created.
         tuned = relax.transform.MetaScheduleApplyDatabase()(mod)

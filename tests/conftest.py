@@ -57,3 +57,17 @@ def as_input(images: np.ndarray) -> torch.Tensor:
     from lprnet.data import to_network_input
 
     return torch.from_numpy(to_network_input(images))
+
+
+def main_constants(mod) -> list[np.ndarray]:
+    """The tensor constants a Relax module's main function passes to its kernels and operators."""
+    from tvm import ir, relax
+
+    arrays = []
+
+    def visit(expr):
+        if isinstance(expr, ir.expr.Constant) and isinstance(expr.ty, relax.TensorType):
+            arrays.append(expr.value.numpy())
+
+    relax.analysis.post_order_visit(mod["main"].body, visit)
+    return arrays

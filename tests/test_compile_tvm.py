@@ -17,6 +17,7 @@ tvm = pytest.importorskip("tvm")
 from lprnet import compile_tvm  # noqa: E402  (after the importorskip, which must run first)
 from lprnet.backends import example_input, load_predictor  # noqa: E402
 from lprnet.export import export_onnx  # noqa: E402
+from tests.conftest import main_constants  # noqa: E402
 
 PARITY_ATOL = 1e-3  # max abs logit difference to ONNX Runtime
 HOST = compile_tvm.detect_target({"kind": "llvm"})
@@ -260,3 +261,72 @@ def test_qdq_pairs_become_arithmetic_that_follows_the_layout_and_fuses(tmp_path,
     # sums, which puts a share of these activations a quantization step apart; tvm-graph-passes bounds the accuracy).
     np.testing.assert_allclose(outputs["with"], outputs["without"], atol=1e-5, rtol=0)
     assert np.ptp(outputs["with"]) > 1  # not a constant output that any rewrite would match
+
+
+def write_int8_conv_onnx(path, latin, in_zero_point: int) -> None:
+    """Two convolutions as ONNX Runtime's quantizer writes an int8 QDQ model: uint8 activation pairs, int8 weights with
+    per-output-channel scales and zero points 0, int32 biases; channel counts that are not whole VNNI blocks
+    (3 -> 6 -> 5) and padded convolutions, so that an input zero point != 0 has to pad with itself."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    arrays = {"w1": rng.integers(-127, 128, (6, 3, 3, 3)).astype(np.int8), "sw1": rng.uniform(2e-3, 4e-3, 6),
+              "w2": rng.integers(-127, 128, (5, 6, 3, 1)).astype(np.int8), "sw2": rng.uniform(2e-3, 4e-3, 5),
+              "zw1": np.zeros(6, np.int8), "zw2": np.zeros(5, np.int8),
+              "b1": rng.integers(-500, 500, 6).astype(np.int32), "b2": rng.integers(-500, 500, 5).astype(np.int32),
+              "s_in": np.array(0.0078125), "z_in": np.array(in_zero_point, np.uint8),
+              "s_c": np.array(0.02), "z_c": np.array(0, np.uint8)}
+    arrays = {name: value.astype(np.float32) if value.dtype == np.float64 else value for name, value in arrays.items()}
+    arrays["sb1"], arrays["sb2"] = arrays["s_in"] * arrays["sw1"], arrays["s_c"] * arrays["sw2"]
+
+    def dequantize(name: str, axis: int | None = None) -> onnx.NodeProto:
+        zero_point = {"w1": "zw1", "w2": "zw2"}.get(name, "")
+        inputs = [name, "s" + name] + ([zero_point] if zero_point else [])
+        options = {"axis": axis} if axis is not None else {}
+        return helper.make_node("DequantizeLinear", inputs, [f"{name}_f"], **options)
+
+    nodes = [helper.make_node("QuantizeLinear", ["images", "s_in", "z_in"], ["x_q"]),
+             helper.make_node("DequantizeLinear", ["x_q", "s_in", "z_in"], ["x"]),
+             dequantize("w1", 0), dequantize("b1", 0), dequantize("w2", 0), dequantize("b2", 0),
+             helper.make_node("Conv", ["x", "w1_f", "b1_f"], ["conv1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["conv1"], ["relu"]),
+             helper.make_node("QuantizeLinear", ["relu", "s_c", "z_c"], ["relu_q"]),
+             helper.make_node("DequantizeLinear", ["relu_q", "s_c", "z_c"], ["y"]),
+             helper.make_node("Conv", ["y", "w2_f", "b2_f"], ["logits"], pads=[1, 0, 1, 0])]
+    graph = helper.make_graph(
+        nodes, "int8_conv", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [None, 3, 24, 94])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 5, 24, 94])],
+        [numpy_helper.from_array(value, name) for name, value in arrays.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    helper.set_model_props(model, {"alphabet": latin.name})
+    onnx.save(model, path)
+
+
+@pytest.mark.parametrize("in_zero_point", [0, 128])
+def test_qdq_convolutions_become_integer_convolutions_with_the_same_values(tmp_path, latin, in_zero_point):
+    write_int8_conv_onnx(tmp_path / "int8.onnx", latin, in_zero_point)
+    imported = compile_tvm.import_onnx(tmp_path / "int8.onnx")
+    fake = [name for name in compile_tvm.DEFAULT_GRAPH_PASSES if name != "qdq_conv_to_integer"]
+    graphs = {"integer": compile_tvm.apply_passes(imported, compile_tvm.DEFAULT_GRAPH_PASSES, compile_tvm.GRAPH_PASSES),
+              "fake": compile_tvm.apply_passes(imported, fake, compile_tvm.GRAPH_PASSES)}
+    convs = [line for line in graphs["integer"].script().splitlines() if "R.nn.conv2d(" in line]
+    assert len(convs) == 2 and all('out_dtype="int32"' in line and 'dtype="int32"' in line for line in convs)
+    assert "R.dequantize" not in graphs["integer"].script()  # the weights' pairs went with the float convolutions
+    layout = compile_tvm.apply_passes(graphs["integer"], compile_tvm.DEFAULT_LAYOUT_PASSES, compile_tvm.LAYOUT_PASSES,
+                                      layout="NHWC")
+    # Each int8 kernel reads its weight packed in VNNI blocks, zero-padded to whole blocks: [O/16, KH, KW, I/4, 16, 4].
+    packed = sorted(array.shape for array in main_constants(layout) if array.dtype == np.int8)
+    assert packed == [(1, 3, 1, 2, 16, 4), (1, 3, 3, 1, 16, 4)]
+    images = example_input(1, seed=5)
+    modules = {**graphs, "layout": layout}
+    outputs = {key: run(compile_tvm.build(module, HOST), images) for key, module in modules.items()}
+    np.testing.assert_allclose(outputs["layout"], outputs["integer"], atol=1e-5, rtol=0)
+    # Exact integer sums against fp32 sums of the dequantized values: an activation between the two convolutions may
+    # round a step (0.02) apart where the fp32 sum lands on a rounding boundary, nowhere more; bound: all 3 x 1 x 6
+    # activations an output reads a step apart, times the largest weight (127 x 4e-3).
+    step = 3 * 6 * 0.02 * 127 * 4e-3
+    difference = np.abs(outputs["integer"] - outputs["fake"])
+    assert difference.max() <= step and np.mean(difference > 1e-4) < 0.01
+    assert np.ptp(outputs["integer"]) > 1
+

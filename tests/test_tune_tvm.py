@@ -22,6 +22,7 @@ pytest.importorskip("xgboost", reason="MetaSchedule's default cost model needs x
 from tvm import relax  # noqa: E402  (after the importorskip, which must run first)
 
 from lprnet import compile_tvm, tune_tvm  # noqa: E402
+from tests.conftest import main_constants  # noqa: E402
 
 INPUT_SHAPE = (1, 8, 12, 16)  # NCHW, so the layout passes add NCHW <-> NHWC transposes: 3 tasks
 TOTAL_TRIALS, TRIALS_PER_TASK = 6, 2
@@ -104,24 +105,12 @@ def test_the_tuned_build_matches_the_untuned_one(tuned, module):
     np.testing.assert_allclose(run_vm(scheduled, images), run_vm(module, images), atol=1e-3, rtol=0)
 
 
-def constants(mod: tvm.IRModule) -> list[np.ndarray]:
-    """The tensor constants main passes to its kernels."""
-    arrays = []
-
-    def visit(expr):
-        if isinstance(expr, tvm.ir.expr.Constant) and isinstance(expr.ty, relax.TensorType):
-            arrays.append(expr.value.numpy())
-
-    relax.analysis.post_order_visit(mod["main"].body, visit)
-    return arrays
-
-
 def test_the_tuned_build_holds_the_weight_in_the_layout_its_schedule_chose(tuned, module):
     folder, _ = tuned
-    (weight,) = constants(module)
+    (weight,) = main_constants(module)
     assert weight.shape == (3, 3, INPUT_SHAPE[1], 16)  # HWIO, as ConvertLayout left it
     scheduled = tune_tvm.apply_database(module, TARGET, folder)
-    (packed,) = constants(scheduled)
+    (packed,) = main_constants(scheduled)
     # Which layout depends on the measured draw (4 x 3 x 3 x 2 x 16 in one tuning, 16 x 3 x 3 x 8 in another), so
     # assert what holds for any: the same values, held in the shape a kernel reads, and no kernel that packs per call.
     np.testing.assert_array_equal(np.sort(packed, axis=None), np.sort(weight, axis=None))
@@ -349,3 +338,30 @@ def test_importing_the_tensor_intrinsics_maps_the_importers_frames_without_inven
     assert inspect.getmodule(frame_code, frame_code.co_filename) is sys.modules["importlib._bootstrap"]
     with pytest.raises(OSError):
         inspect.findsource(frame_code)
+
+
+@pytest.mark.skipif(not tvm.target.codegen.target_has_features("avx512vnni", compile_tvm.parse_target(TARGET)),
+                    reason="this CPU has no AVX-512 VNNI")
+def test_an_int8_convolution_is_tuned_with_vnni_and_sums_exactly(tmp_path):
+    """The convolution qdq_conv_to_integer writes (uint8 x int8, int32 sums), as the layout passes legalize it: every
+    tuned schedule uses vpdpbusd (TVM 0.27's own intrinsic failed LLVM 22's verifier on every candidate)."""
+    rng = np.random.default_rng(2)
+    weight = rng.integers(-128, 128, (24, 8, 3, 3)).astype(np.int8)
+    builder = relax.BlockBuilder()
+    images = relax.Var("x", relax.TensorType(INPUT_SHAPE, "uint8"))
+    with builder.function("main", [images]):
+        with builder.dataflow():
+            sums = relax.op.nn.conv2d(images, relax.const(weight), padding=1, out_dtype="int32")
+            output = builder.emit_output(relax.op.permute_dims(sums, [0, 2, 3, 1]))
+        builder.emit_func_output(output)
+    module = compile_tvm.apply_passes(builder.get(), compile_tvm.DEFAULT_LAYOUT_PASSES, compile_tvm.LAYOUT_PASSES,
+                                      layout="NHWC")
+    run = tune_tvm.tune(module, TARGET, tmp_path / "database", 4, 4, progress=False)
+    assert run.failed_trials == 0
+    scheduled = tune_tvm.apply_database(module, TARGET, tmp_path / "database")
+    assert "llvm.x86.avx512.vpdpbusd.512" in scheduled.script()
+    data = rng.integers(0, 256, INPUT_SHAPE).astype(np.uint8)
+    padded = np.pad(data.astype(np.int64), [(0, 0), (0, 0), (1, 1), (1, 1)])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(2, 3))  # N, C, H, W, 3, 3
+    expected = np.einsum("nchwij,ocij->nhwo", windows, weight.astype(np.int64))
+    np.testing.assert_array_equal(run_vm(scheduled, data), expected)
