@@ -16,6 +16,7 @@ whole model (bench.py does).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -159,6 +160,7 @@ def open_database(folder: str | os.PathLike, create: bool = False) -> ms.databas
             raise FileNotFoundError(f"{folder}: no MetaSchedule database ({', '.join(missing)} absent); run tune first")
     for name in (WORKLOAD_FILE, RECORD_FILE):
         _drop_partial_last_line(folder / name)
+    import_tensor_intrinsics()  # the database parses every record's trace, and a tensorized one names its intrinsic
     return ms.database.JSONDatabase(str(folder / WORKLOAD_FILE), str(folder / RECORD_FILE), allow_missing=create)
 
 
@@ -263,6 +265,7 @@ def build_without_tensor_intrinsics(mod: tvm.IRModule, target: tvm.target.Target
     return build(mod, target=target)
 
 
+@functools.cache
 def import_tensor_intrinsics() -> None:
     """Import `tvm.s_tir.tensor_intrin` (MetaSchedule's TuneContext does, for the schedule rules) in seconds.
 
@@ -570,7 +573,6 @@ def apply_database(mod: tvm.IRModule, target: dict, database_dir: str | os.PathL
     into a kernel of its own and, the weights being constants, folded: the build holds the packed weights, and no
     call packs them again."""
     database = open_database(database_dir)
-    import_tensor_intrinsics()  # a tensorized record's trace names its intrinsic
     with compile_tvm.parse_target(target), database:
         # The pass reads the target and the database in force when it is created.
         tuned = relax.transform.MetaScheduleApplyDatabase()(mod)

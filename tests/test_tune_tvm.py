@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -360,6 +362,11 @@ def test_an_int8_convolution_is_tuned_with_vnni_and_sums_exactly(tmp_path):
     assert run.failed_trials == 0
     scheduled = tune_tvm.apply_database(module, TARGET, tmp_path / "database")
     assert "llvm.x86.avx512.vpdpbusd.512" in scheduled.script()
+    # A new process (a later stage, `dvc repro -f tvm-tune`) reads the database back: that needs the intrinsic too.
+    read_back = subprocess.run([sys.executable, "-c", "import sys; from lprnet import tune_tvm; "
+                                "print(len(tune_tvm.open_database(sys.argv[1])))", str(tmp_path / "database")],
+                               capture_output=True, text=True, timeout=300)
+    assert read_back.returncode == 0 and read_back.stdout.split()[-1] == str(run.trials), read_back.stderr[-2000:]
     data = rng.integers(0, 256, INPUT_SHAPE).astype(np.uint8)
     padded = np.pad(data.astype(np.int64), [(0, 0), (0, 0), (1, 1), (1, 1)])
     windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(2, 3))  # N, C, H, W, 3, 3
