@@ -297,6 +297,11 @@ def test_the_trial_plan_shares_the_budget(tasks, total, per_task, expected):
     assert tune_tvm.plan_trials(tasks, total, per_task) == expected
 
 
+@pytest.mark.parametrize("total, tasks, todo, expected", [(192, 32, 32, 192), (192, 32, 18, 108), (6, 3, 1, 2)])
+def test_kernels_the_database_covers_count_as_their_share_of_the_budget(total, tasks, todo, expected):
+    assert tune_tvm.module_share(total, tasks, todo) == expected
+
+
 def test_the_trial_plan_keeps_batches_to_trials_per_iteration():
     assert tune_tvm.plan_trials(36, 1152, 64, 8) == tune_tvm.TrialPlan(total=1152, per_task=64, per_iteration=8)
     assert tune_tvm.plan_trials(36, 72, 64, 8).per_iteration == 2  # still reaches every task in round one
