@@ -461,7 +461,8 @@ def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_tri
          threads: int | None = None, log_dir: str | os.PathLike | None = None,
          progress: bool = True, rpc: RPCTarget | None = None, replace_other_settings: bool = False) -> TuningRun:
     """Tune the kernels of `mod` that the database in `work_dir` has no trial for (see `tasks_to_tune`), appending
-    to that database; kernels none of whose trials worked stay untuned, with a warning.
+    to that database; kernels none of whose trials worked stay untuned, with a warning. `total_trials` is the budget
+    of the whole module: the kernels left to tune get their share of it (see `module_share`).
 
     `target` is a tuning target (see `tuning_target`); `threads` (default: its num-cores) is how many threads each
     candidate runs with, and how many processes build candidates. `population` is the evolutionary search's population
