@@ -407,7 +407,7 @@ def _units(model: LPRNet, scores: Mapping[str, torch.Tensor]) -> dict[str, list[
 
 
 def prune_channels(model: LPRNet, ratio: float, criterion: str = "l1", scope: str = "global",
-                   images: np.ndarray | None = None) -> LPRNet:
+                   images: np.ndarray | None = None, round_to: int = 1) -> LPRNet:
     """A copy of `model` with about `ratio` of the channels of every prunable group removed, least important
     first by `criterion` (see CRITERIA and ACTIVATION; `images` for the latter).
 
@@ -415,9 +415,16 @@ def prune_channels(model: LPRNet, ratio: float, criterion: str = "l1", scope: st
     each group. Every group keeps at least MIN_CHANNELS channels (or all it has, if fewer), and so does each
     pool's selection. The three inner groups of a block shrink together (the config has one inner width);
     they count as three channels per removal. Run `remove_dead_channels` first so that the ratio counts live
-    channels and dead constants are folded instead of dropped."""
+    channels and dead constants are folded instead of dropped.
+
+    `round_to`: a group the criterion prunes keeps a multiple of this many channels, rounded up (the most important
+    of its removed channels come back), as torch-pruning's `round_to` does; a group it leaves alone keeps its width.
+    Compilers vectorise the output channels (the innermost axis in NHWC): a width with no factor of the vector
+    width, such as 47, leaves MetaSchedule's tilings only scalar or ragged loops (README, Pruning)."""
     if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0 <= ratio < 1:
         raise ValueError(f"pruning ratio must be a number in [0, 1), got {ratio!r}")
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to must be a positive integer, got {round_to!r}")
     if scope not in SCOPES:
         raise ValueError(f"unknown pruning scope {scope!r}; valid: {', '.join(SCOPES)}")
     units = _units(model, channel_scores(model, criterion, images))
@@ -430,6 +437,7 @@ def prune_channels(model: LPRNet, ratio: float, criterion: str = "l1", scope: st
     pooled_remaining = {name: len(channels) for name, channels in pooled.items()}
     pooled_floor = {name: min(MIN_CHANNELS, count) for name, count in pooled_remaining.items()}
     removed: dict[str, set[int]] = {g.name: set() for g in GROUPS}
+    removed_units: dict[str, list[_Unit]] = {set_name: [] for set_name in units}
 
     def try_remove(unit: _Unit) -> bool:
         if remaining[unit.pruning_set] <= floor[unit.pruning_set]:
@@ -442,6 +450,7 @@ def prune_channels(model: LPRNet, ratio: float, criterion: str = "l1", scope: st
             removed[name].add(channel)
             if channel in pooled.get(name, ()):
                 pooled_remaining[name] -= 1
+        removed_units[unit.pruning_set].append(unit)
         return True
 
     if scope == "layer":
@@ -460,5 +469,13 @@ def prune_channels(model: LPRNet, ratio: float, criterion: str = "l1", scope: st
             # Skip a tied unit that would overshoot; single channels can still fill the gap.
             if count + len(unit.channels) <= target and try_remove(unit):
                 count += len(unit.channels)
+    for set_name, set_units in removed_units.items():
+        # Putting channels back only raises the counts the floors guard, so no limit can break.
+        for unit in sorted(set_units, key=lambda u: u.score, reverse=True):
+            if remaining[set_name] % round_to == 0:
+                break
+            remaining[set_name] += 1
+            for name, channel in unit.channels.items():
+                removed[name].discard(channel)
     keep = {g.name: [k for k in range(group_width(model, g)) if k not in removed[g.name]] for g in GROUPS}
     return _remove_channels(model, keep)

@@ -28,6 +28,7 @@ class PruneParams:
     ratio: float  # share of channels removed by the criterion, in [0, 1)
     criterion: str  # l1 | l2 | activation
     scope: str  # global | layer
+    round_to: int  # pruned groups keep a multiple of this many channels (1: any count)
     finetune_steps: int  # 0: no fine-tuning
     finetune_lr: float
     distill: bool  # fine-tune towards the losslessly pruned model's outputs instead of the labels
@@ -36,6 +37,8 @@ class PruneParams:
     seed: int
 
     def __post_init__(self):
+        if self.round_to < 1:
+            raise ValueError(f"prune.round_to must be a positive integer, got {self.round_to!r}")
         if not self.distill_temperature > 0:  # also refuses NaN
             raise ValueError(f"prune.distill_temperature must be positive, got {self.distill_temperature!r}")
         if self.distill and self.finetune_steps <= 0:
@@ -56,7 +59,7 @@ def main() -> None:
     train = (load_prepared(args.data, "train") if params.criterion == ACTIVATION or params.finetune_steps > 0
              else None)
     model = prune_channels(lossless, params.ratio, params.criterion, params.scope,
-                           train[0] if params.criterion == ACTIVATION else None)
+                           train[0] if params.criterion == ACTIVATION else None, params.round_to)
     finetuning = {}
     if params.finetune_steps > 0:
         config = TrainConfig(steps=params.finetune_steps, batch_size=params.batch_size, lr=params.finetune_lr,

@@ -1,6 +1,7 @@
-"""DVC stage `tvm-graph-passes`: the graph-level Relax passes listed in `tvm.graph_passes` (inference
-simplification and batch-norm folding, constant folding, common subexpression and dead code elimination, binding
-canonicalisation) on the modules from tvm-import; built, checked against ONNX Runtime and evaluated."""
+"""DVC stage `tvm-graph-passes`: the graph-level Relax passes listed in `tvm.graph_passes` (int8: QDQ convolutions
+as integer convolutions, the remaining QDQ pairs as arithmetic; inference simplification and batch-norm folding,
+constant folding, common subexpression and dead code elimination, binding canonicalisation) on the modules from
+tvm-import; built, checked against ONNX Runtime and evaluated."""
 
 from __future__ import annotations
 

@@ -165,6 +165,30 @@ def test_layer_scope_removes_the_ratio_of_every_group(random_model):
     assert {g.name: group_width(pruned, g) for g in GROUPS} == expected
 
 
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_round_to_keeps_multiples_by_putting_back_the_most_important_channels(random_model, scope):
+    plain = prune_channels(random_model, 0.3, scope=scope)
+    rounded = prune_channels(random_model, 0.3, scope=scope, round_to=16)
+    scores = channel_scores(random_model)
+    for group in GROUPS:
+        full, before, after = (group_width(m, group) for m in (random_model, plain, rounded))
+        # Rounded up to the next multiple of 16, or every channel kept where that would exceed the group.
+        assert after == min(full, -(-before // 16) * 16), group.name
+        # The channels put back are the most important removed ones: the rounded model keeps the `after` best
+        # channels by score (told apart by their batch norm's random running means, which pruning copies).
+        if group.norm:
+            means = random_model.get_submodule(group.norm).running_mean
+            best = torch.argsort(scores[group.name], descending=True)[:after]
+            torch.testing.assert_close(torch.sort(rounded.get_submodule(group.norm).running_mean).values,
+                                       torch.sort(means[best]).values, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("round_to", [0, -8, 2.0, True])
+def test_a_bad_round_to_is_refused_naming_it(random_model, round_to):
+    with pytest.raises(ValueError, match=rf"round_to.*{re.escape(repr(round_to))}"):
+        prune_channels(random_model, 0.3, round_to=round_to)
+
+
 @pytest.mark.parametrize("criterion", sorted(CRITERIA))
 def test_the_least_important_channels_go_first(random_model, criterion):
     # Every BN scale is 1 in the fixture; three head channels scaled to 1e-3 must be among the removed.

@@ -59,3 +59,12 @@ def test_distillation_without_fine_tuning_steps_is_refused(tmp_path, random_mode
     result = run_prune_stage(tmp_path, random_model, latin, images_and_labels, distill=True, finetune_steps=0)
     assert result.returncode != 0 and "prune.finetune_steps is 0" in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "pruned.pt").exists()
+
+
+@pytest.mark.parametrize("round_to", [0, -16])
+def test_a_bad_round_to_is_a_one_line_error_without_output(tmp_path, random_model, latin, images_and_labels,
+                                                           round_to):
+    result = run_prune_stage(tmp_path, random_model, latin, images_and_labels, round_to=round_to)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].endswith(f"prune.round_to must be a positive integer, got {round_to}")
+    assert not (tmp_path / "pruned.pt").exists()
