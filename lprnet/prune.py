@@ -418,7 +418,8 @@ def prune_channels(model: LPRNet, ratio: float, criterion: str = "l1", scope: st
     channels and dead constants are folded instead of dropped.
 
     `round_to`: a group the criterion prunes keeps a multiple of this many channels, rounded up (the most important
-    of its removed channels come back), as torch-pruning's `round_to` does; a group it leaves alone keeps its width.
+    of its removed channels come back), as torch-pruning's `round_to` does; where that multiple exceeds the group's
+    width, the group keeps its width.
     Compilers vectorise the output channels (the innermost axis in NHWC): a width with no factor of the vector
     width, such as 47, leaves MetaSchedule's tilings only scalar or ragged loops (README, Pruning)."""
     if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0 <= ratio < 1:
