@@ -19,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from lprnet import gate
-from lprnet.alphabet import ALPHABETS, get_alphabet
-from lprnet.backends import load_predictor
-from lprnet.bench import BenchConfig
-from lprnet.data import list_images, load_folder, load_image
-from lprnet.evaluate import predict_texts
-from lprnet.metrics import artifact_metrics
+from lprnet.errors import InputError
+from lprnet.model.alphabet import ALPHABETS, get_alphabet
+from lprnet.model.data import list_images, load_folder, load_image
+from lprnet.pipeline import gate
+from lprnet.runtime.bench import BenchConfig
+from lprnet.runtime.evaluate import predict_texts
+from lprnet.runtime.metrics import artifact_metrics
+from lprnet.runtime.predictor import load_predictor
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,10 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def tune_budget(args) -> int:
-    from lprnet.params import read_section
-    from lprnet.tune_budget import write_budget_study
-    from lprnet.tune_tvm import TuneParams
-    from lprnet.tvm_pipeline import TVMParams
+    from lprnet.compile.tvm.tune import TuneParams
+    from lprnet.pipeline.params import read_section
+    from lprnet.pipeline.tune_budget import write_budget_study
+    from lprnet.pipeline.tvm_step import TVMParams
 
     try:
         checkpoints = [int(part) for part in args.checkpoints.split(",")]
@@ -107,7 +108,7 @@ def tune_budget(args) -> int:
             target=target, bench=bench, population=given(args.population, tune.population),
             seed=given(args.seed, tune.seed),
             weight_layout_rewrite=given(args.weight_layout_rewrite, tune.weight_layout_rewrite))
-    except (ValueError, FileNotFoundError) as error:
+    except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(table.to_string(index=False))
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
     if args.command == "tune-budget":
         return tune_budget(args)
     if args.command == "sweep":
-        from lprnet.sweep import write_sweep
+        from lprnet.pipeline.sweep import write_sweep
 
         try:
             out = args.out or Path("reports") / f"sweep_{args.param.replace('.', '_')}"
@@ -133,7 +134,7 @@ def main(argv=None) -> int:
         return 0
     try:
         if args.batch < 1 or args.threads < 1:
-            raise ValueError(f"--batch and --threads must be at least 1, got {args.batch} and {args.threads}")
+            raise InputError(f"--batch and --threads must be at least 1, got {args.batch} and {args.threads}")
         alphabet = get_alphabet(args.alphabet) if args.alphabet else None
         predictor = load_predictor(args.artifact, args.threads, alphabet)
         if args.command == "eval":
@@ -144,7 +145,7 @@ def main(argv=None) -> int:
             images = np.stack([load_image(path) for path in args.images])
             for path, text in zip(args.images, predict_texts(predictor, images, args.batch)):
                 print(f"{path}\t{text}")
-    except (ValueError, FileNotFoundError) as error:
+    except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

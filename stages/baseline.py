@@ -12,15 +12,15 @@ from dataclasses import dataclass
 
 import torch
 
-from lprnet.artifacts import load_model, save_model
-from lprnet.backends import TorchPredictor
-from lprnet.bench import BenchConfig
-from lprnet.data import load_prepared, prepared_alphabet
 from lprnet.io import write_json_atomic, write_text_atomic
-from lprnet.metrics import artifact_metrics
-from lprnet.model import LPRNet, LPRNetConfig
-from lprnet.stage import parse_args, read_section, run
-from lprnet.train import TrainConfig, train_ctc
+from lprnet.model.checkpoint import load_model, save_model
+from lprnet.model.data import load_prepared, prepared_alphabet
+from lprnet.model.network import LPRNet, LPRNetConfig
+from lprnet.optimize.train import TrainConfig, train_ctc
+from lprnet.pipeline.stage import parse_args, read_section, run
+from lprnet.runtime.bench import BenchConfig
+from lprnet.runtime.metrics import artifact_metrics
+from lprnet.runtime.torch_runtime import TorchPredictor
 
 CURVE_FIELDS = ["step", "epoch", "train_loss", "val_accuracy", "val_char_accuracy", "lr"]
 

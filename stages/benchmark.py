@@ -15,13 +15,14 @@ import io
 import tempfile
 from pathlib import Path
 
-from lprnet.artifacts import load_model
-from lprnet.backends import load_predictor
-from lprnet.bench import BenchConfig, interleaved_latency, throughput
-from lprnet.export import export_onnx
+from lprnet.compile.onnx_export import export_onnx
+from lprnet.errors import MissingFileError
 from lprnet.io import write_json_atomic, write_text_atomic
-from lprnet.report import ARTIFACTS
-from lprnet.stage import parse_args, read_section, run
+from lprnet.model.checkpoint import load_model
+from lprnet.pipeline.report import ARTIFACTS
+from lprnet.pipeline.stage import parse_args, read_section, run
+from lprnet.runtime.bench import BenchConfig, interleaved_latency, throughput
+from lprnet.runtime.predictor import load_predictor
 
 BASELINE, ORT_FP32 = "torch_fp32_baseline", "ort_fp32"
 
@@ -32,7 +33,7 @@ def main() -> None:
     models = Path(args.models)
     missing = [str(models / a.path) for a in ARTIFACTS.values() if not (models / a.path).exists()]
     if missing:
-        raise FileNotFoundError(f"{missing[0]}: artifact missing (run `dvc repro`)")
+        raise MissingFileError(f"{missing[0]}: artifact missing (run `dvc repro`)")
     with tempfile.TemporaryDirectory(prefix="benchmark.") as work:
         baseline_onnx = Path(work) / "baseline.onnx"
         export_onnx(*load_model(models / "baseline.pt"), baseline_onnx)

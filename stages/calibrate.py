@@ -12,13 +12,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from lprnet.artifacts import load_model
-from lprnet.calibrate import calibrate, get_method, save_calibration
-from lprnet.data import load_prepared
-from lprnet.export import export_onnx
+from lprnet.compile.onnx_export import export_onnx
+from lprnet.compile.onnx_int8 import CALIBRATION_METHODS, TORCH_RANGES, calibrate_onnx
+from lprnet.errors import InputError
 from lprnet.io import atomic_dir, write_json_atomic
-from lprnet.quantize_onnx import CALIBRATION_METHODS, TORCH_RANGES, calibrate_onnx
-from lprnet.stage import parse_args, read_section, run
+from lprnet.model.checkpoint import load_model
+from lprnet.model.data import load_prepared
+from lprnet.optimize.calibrate import calibrate, get_method, save_calibration
+from lprnet.pipeline.stage import parse_args, read_section, run
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,10 @@ def main() -> None:
     params = read_section(args.params, "calibrate", CalibrateParams)
     get_method(params.method)
     if params.onnx_method != TORCH_RANGES and params.onnx_method not in CALIBRATION_METHODS:
-        raise ValueError(f"calibrate.onnx_method: unknown value {params.onnx_method!r}; valid: "
+        raise InputError(f"calibrate.onnx_method: unknown value {params.onnx_method!r}; valid: "
                          f"{', '.join([TORCH_RANGES, *CALIBRATION_METHODS])}")
     if params.num_images < 0:
-        raise ValueError(f"calibrate.num_images must be >= 0, got {params.num_images}")
+        raise InputError(f"calibrate.num_images must be >= 0, got {params.num_images}")
     model, alphabet = load_model(args.pruned)
     images, _ = load_prepared(args.data, "calib")
     images = images[:params.num_images] if params.num_images else images

@@ -12,11 +12,12 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from lprnet import data, synth
-from lprnet.alphabet import get_alphabet
+from lprnet.errors import InputError
 from lprnet.io import atomic_dir, write_json_atomic
-from lprnet.model import INPUT_HEIGHT, INPUT_WIDTH
-from lprnet.stage import parse_args, read_section, run
+from lprnet.model import data, synth
+from lprnet.model.alphabet import get_alphabet
+from lprnet.model.network import INPUT_HEIGHT, INPUT_WIDTH
+from lprnet.pipeline.stage import parse_args, read_section, run
 
 SOURCES = ("synthetic", "folder")
 OTHER_SIZES = ("resize", "refuse")
@@ -48,7 +49,7 @@ def refuse_other_sizes(files: list[Path]) -> None:
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             continue  # unreadable: data.load_folder names it with its reason
         if size != (INPUT_WIDTH, INPUT_HEIGHT):
-            raise ValueError(f"{path}: {size[0]}x{size[1]} pixels, not {INPUT_WIDTH}x{INPUT_HEIGHT} "
+            raise InputError(f"{path}: {size[0]}x{size[1]} pixels, not {INPUT_WIDTH}x{INPUT_HEIGHT} "
                              f"(data.other_sizes is refuse; set it to resize to accept such images)")
 
 
@@ -61,7 +62,7 @@ def folder_splits(folder: Path, params: DataParams) -> dict[str, list[Path]]:
         return splits
     fractions = {"calib": params.calib_fraction, "train": params.finetune_fraction, "test": params.test_fraction}
     if any(f < 0 for f in fractions.values()) or abs(sum(fractions.values()) - 1) > 1e-6:
-        raise ValueError(f"data.calib_fraction, finetune_fraction and test_fraction must be >= 0 and sum to 1, "
+        raise InputError(f"data.calib_fraction, finetune_fraction and test_fraction must be >= 0 and sum to 1, "
                          f"got {fractions}")
     splits = {name: [] for name in fractions}
     for path in data.list_images(folder):
@@ -73,9 +74,9 @@ def main() -> None:
     args = parse_args(__doc__, ["out", "metrics"])
     params = read_section(args.params, "data", DataParams)
     if params.source not in SOURCES:
-        raise ValueError(f"data.source: unknown source {params.source!r}; valid: {', '.join(SOURCES)}")
+        raise InputError(f"data.source: unknown source {params.source!r}; valid: {', '.join(SOURCES)}")
     if params.other_sizes not in OTHER_SIZES:
-        raise ValueError(f"data.other_sizes: unknown value {params.other_sizes!r}; valid: {', '.join(OTHER_SIZES)}")
+        raise InputError(f"data.other_sizes: unknown value {params.other_sizes!r}; valid: {', '.join(OTHER_SIZES)}")
     alphabet_name = params.alphabet
     if alphabet_name == "auto":
         alphabet_name = "latin" if params.source == "synthetic" else "chinese68"
@@ -87,14 +88,14 @@ def main() -> None:
             for split in ("train", "calib", "test"):
                 count = getattr(params, f"{split}_size")
                 if count < 1:
-                    raise ValueError(f"data.{split}_size must be at least 1, got {count}")
+                    raise InputError(f"data.{split}_size must be at least 1, got {count}")
                 images, labels = synth.render_split(params.seed, split, count, alphabet.symbols,
                                                     workers=os.cpu_count() or 1)
                 data.save_split(out / f"{split}.npz", images, labels)
                 sizes[split] = len(labels)
         else:
             if not params.folder:
-                raise ValueError("data.folder must name a folder of labelled images when data.source=folder")
+                raise InputError("data.folder must name a folder of labelled images when data.source=folder")
             for split, files in folder_splits(Path(params.folder), params).items():
                 if params.other_sizes == "refuse":
                     refuse_other_sizes(files)
@@ -102,7 +103,7 @@ def main() -> None:
                 data.save_split(out / f"{split}.npz", images, labels)
                 sizes[split] = len(labels)
             if sizes["test"] == 0:
-                raise ValueError(f"{params.folder}: the test split is empty; add images or raise data.test_fraction")
+                raise InputError(f"{params.folder}: the test split is empty; add images or raise data.test_fraction")
         write_json_atomic(out / "alphabet.json", {"alphabet": alphabet.name, "source": params.source})
     write_json_atomic(args.metrics, {f"num_{k}": v for k, v in sizes.items()})
 

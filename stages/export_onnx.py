@@ -20,17 +20,19 @@ import numpy as np
 import onnx
 import torch
 
-from lprnet.artifacts import load_model
-from lprnet.backends import TorchPredictor, load_predictor
-from lprnet.bench import BenchConfig
-from lprnet.data import load_prepared, to_network_input
-from lprnet.evaluate import predict_texts
-from lprnet.export import export_onnx
+from lprnet.compile.onnx_export import export_onnx
+from lprnet.compile.onnx_int8 import TORCH_RANGES, onnx_runtime_plan, quantize_qdq, torch_int8_plan
+from lprnet.errors import InputError
 from lprnet.io import write_json_atomic
-from lprnet.metrics import artifact_metrics
-from lprnet.quantize import load_quantized
-from lprnet.quantize_onnx import TORCH_RANGES, onnx_runtime_plan, quantize_qdq, torch_int8_plan
-from lprnet.stage import parse_args, read_section, run
+from lprnet.model.checkpoint import load_model
+from lprnet.model.data import load_prepared, to_network_input
+from lprnet.optimize.quantize import load_quantized
+from lprnet.pipeline.stage import parse_args, read_section, run
+from lprnet.runtime.bench import BenchConfig
+from lprnet.runtime.evaluate import predict_texts
+from lprnet.runtime.metrics import artifact_metrics
+from lprnet.runtime.onnx_runtime import OnnxRuntimePredictor
+from lprnet.runtime.torch_runtime import TorchPredictor
 
 
 @dataclass(frozen=True)
@@ -64,12 +66,12 @@ def main() -> None:
 
     model, alphabet = load_model(args.pruned)
     export_onnx(model, alphabet, args.fp32)
-    fp32 = load_predictor(args.fp32, bench.threads)
+    fp32 = OnnxRuntimePredictor(args.fp32, bench.threads)
     difference = max_logit_difference(fp32, TorchPredictor(model, alphabet, bench.threads), images)
     exact = float64_predictor(model)
     rounding = max_logit_difference(TorchPredictor(model, alphabet), exact, images)
     if difference > max(params.fp32_tolerance, 2 * rounding):
-        raise ValueError(f"{args.fp32}: max abs logit difference to PyTorch {difference:.2e} exceeds both "
+        raise InputError(f"{args.fp32}: max abs logit difference to PyTorch {difference:.2e} exceeds both "
                          f"export_onnx.fp32_tolerance {params.fp32_tolerance:.0e} and twice PyTorch fp32's own "
                          f"error against float64 ({rounding:.2e})")
     metrics = artifact_metrics(fp32, args.fp32, images, labels, bench, source=model)
@@ -82,12 +84,12 @@ def main() -> None:
     else:
         plan = onnx_runtime_plan(onnx.load(args.fp32), Path(args.calibration) / "onnx_ranges.json")
     quantize_qdq(plan, args.int8, reduce_range=params.reduce_range)
-    int8 = load_predictor(args.int8, bench.threads)
+    int8 = OnnxRuntimePredictor(args.int8, bench.threads)
     torch_int8 = TorchPredictor(torch_int8_model, torch_alphabet, bench.threads)
     ours, reference = predict_texts(int8, images), predict_texts(torch_int8, images)
     agreement = float(np.mean([a == b for a, b in zip(ours, reference)]))
     if agreement < params.int8_min_agreement:
-        raise ValueError(f"{args.int8}: plates agree with the PyTorch int8 model on {agreement:.1%} of the test "
+        raise InputError(f"{args.int8}: plates agree with the PyTorch int8 model on {agreement:.1%} of the test "
                          f"split, below export_onnx.int8_min_agreement {params.int8_min_agreement:.0%}")
     metrics = artifact_metrics(int8, args.int8, images, labels, bench, source=model)
     write_json_atomic(args.metrics_int8, {**metrics, "agreement_with_torch_int8": agreement})

@@ -12,15 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lprnet.artifacts import load_model, save_model
-from lprnet.backends import TorchPredictor
-from lprnet.bench import BenchConfig
-from lprnet.data import load_prepared
+from lprnet.errors import InputError
 from lprnet.io import write_json_atomic
-from lprnet.metrics import artifact_metrics, count_macs, count_params
-from lprnet.prune import ACTIVATION, prune_channels, remove_dead_channels
-from lprnet.stage import parse_args, read_section, run
-from lprnet.train import TrainConfig, distill, train_ctc
+from lprnet.model.checkpoint import load_model, save_model
+from lprnet.model.data import load_prepared
+from lprnet.optimize.prune import ACTIVATION, prune_channels, remove_dead_channels
+from lprnet.optimize.train import TrainConfig, distill, train_ctc
+from lprnet.pipeline.stage import parse_args, read_section, run
+from lprnet.runtime.bench import BenchConfig
+from lprnet.runtime.metrics import artifact_metrics, count_macs, count_params
+from lprnet.runtime.torch_runtime import TorchPredictor
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,11 @@ class PruneParams:
 
     def __post_init__(self):
         if self.round_to < 1:
-            raise ValueError(f"prune.round_to must be a positive integer, got {self.round_to!r}")
+            raise InputError(f"prune.round_to must be a positive integer, got {self.round_to!r}")
         if not self.distill_temperature > 0:  # also refuses NaN
-            raise ValueError(f"prune.distill_temperature must be positive, got {self.distill_temperature!r}")
+            raise InputError(f"prune.distill_temperature must be positive, got {self.distill_temperature!r}")
         if self.distill and self.finetune_steps <= 0:
-            raise ValueError(f"prune.distill is true but prune.finetune_steps is {self.finetune_steps}: "
+            raise InputError(f"prune.distill is true but prune.finetune_steps is {self.finetune_steps}: "
                              "distillation is fine-tuning, give it steps")
 
 

@@ -14,18 +14,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lprnet.artifacts import load_model
-from lprnet.backends import TorchPredictor
-from lprnet.bench import BenchConfig, measure_speed
-from lprnet.calibrate import load_calibration
-from lprnet.data import load_prepared
-from lprnet.evaluate import evaluate
+from lprnet.errors import InputError
 from lprnet.io import write_json_atomic
-from lprnet.metrics import artifact_metrics
-from lprnet.qat import convert_qat, prepare_qat
-from lprnet.quantize import load_quantized, quantize, save_quantized
-from lprnet.stage import parse_args, read_section, run
-from lprnet.train import TrainConfig, train_ctc
+from lprnet.model.checkpoint import load_model
+from lprnet.model.data import load_prepared
+from lprnet.optimize.calibrate import load_calibration
+from lprnet.optimize.qat import convert_qat, prepare_qat
+from lprnet.optimize.quantize import load_quantized, quantize, save_quantized
+from lprnet.optimize.train import TrainConfig, train_ctc
+from lprnet.pipeline.stage import parse_args, read_section, run
+from lprnet.runtime.bench import BenchConfig, measure_speed
+from lprnet.runtime.evaluate import evaluate
+from lprnet.runtime.metrics import artifact_metrics
+from lprnet.runtime.torch_runtime import TorchPredictor
 
 
 @dataclass(frozen=True)
@@ -38,13 +39,13 @@ class QuantizeParams:
 
     def __post_init__(self):
         if not 0 <= self.max_accuracy_drop <= 1:
-            raise ValueError(f"quantize.max_accuracy_drop must be in [0, 1], got {self.max_accuracy_drop!r}")
+            raise InputError(f"quantize.max_accuracy_drop must be in [0, 1], got {self.max_accuracy_drop!r}")
         if self.qat_steps < 0:
-            raise ValueError(f"quantize.qat_steps must be 0 (off) or positive, got {self.qat_steps!r}")
+            raise InputError(f"quantize.qat_steps must be 0 (off) or positive, got {self.qat_steps!r}")
         if not self.qat_lr > 0:
-            raise ValueError(f"quantize.qat_lr must be positive, got {self.qat_lr!r}")
+            raise InputError(f"quantize.qat_lr must be positive, got {self.qat_lr!r}")
         if self.qat_batch_size < 1:
-            raise ValueError(f"quantize.qat_batch_size must be at least 1, got {self.qat_batch_size!r}")
+            raise InputError(f"quantize.qat_batch_size must be at least 1, got {self.qat_batch_size!r}")
 
 
 def main() -> None:
@@ -83,7 +84,7 @@ def main() -> None:
         metrics.update({"ptq_accuracy": extra["ptq_accuracy"],
                         "qat_gain_vs_ptq": metrics["accuracy"] - extra["ptq_accuracy"]})
     if metrics["accuracy_drop"] > params.max_accuracy_drop:
-        raise ValueError(f"{args.model}: int8 accuracy {metrics['accuracy']:.1%} is {metrics['accuracy_drop']:.1%} "
+        raise InputError(f"{args.model}: int8 accuracy {metrics['accuracy']:.1%} is {metrics['accuracy_drop']:.1%} "
                          f"below fp32, more than quantize.max_accuracy_drop {params.max_accuracy_drop:.1%}")
     write_json_atomic(args.metrics, metrics)
 

@@ -13,10 +13,11 @@ import json
 import subprocess
 from pathlib import Path
 
-from lprnet import report
-from lprnet.gate import GateParams
+from lprnet.errors import MissingFileError
 from lprnet.io import atomic_path, write_text_atomic
-from lprnet.stage import parse_args, read_section, run
+from lprnet.pipeline import report
+from lprnet.pipeline.gate import GateParams
+from lprnet.pipeline.stage import parse_args, read_section, run
 
 
 def read_metrics(folder: Path) -> dict[str, dict]:
@@ -38,7 +39,7 @@ def main() -> None:
     metrics = read_metrics(Path(args.metrics))
     benchmark = metrics.pop("benchmark", None)
     if benchmark is None:
-        raise FileNotFoundError(f"{Path(args.metrics) / 'benchmark.json'}: missing (run `dvc repro benchmark`)")
+        raise MissingFileError(f"{Path(args.metrics) / 'benchmark.json'}: missing (run `dvc repro benchmark`)")
     table = report.rows(metrics, benchmark)
     out = Path(args.out)
     with atomic_path(out / "pareto.png") as pareto_png, atomic_path(out / "sizes.png") as sizes_png:

@@ -1,33 +1,21 @@
-"""DVC stage `tvm-layout-passes`: the layout and computation passes listed in `tvm.layout_passes` (layout
-conversion to `tvm.layout` for conv2d, layout-transform optimisation, legalisation, operator fusion with FuseOps
-and FuseTIR) on the modules from tvm-graph-passes; built, checked against ONNX Runtime and evaluated."""
+"""DVC stage `tvm-layout-passes`: the layout and computation passes `tvm.layout_passes` names (by default the
+pipeline `layout` of lprnet/compile/tvm/passes.py: conv2d layout conversion to `tvm.layout`, legalisation with int8
+weights packed for VNNI, operator fusion with FuseOps and FuseTIR) on the modules from tvm-graph-passes; built,
+checked against ONNX Runtime and evaluated."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from lprnet import compile_tvm
-from lprnet.artifacts import load_model
-from lprnet.bench import BenchConfig
-from lprnet.data import load_prepared
-from lprnet.io import write_json_atomic
-from lprnet.stage import parse_args, read_section, run
-from lprnet.tvm_pipeline import PRECISIONS, TVMParams, compile_step
+from lprnet.compile.tvm.frontend import load_ir
+from lprnet.pipeline.stage import run
+from lprnet.pipeline.tvm_step import PRECISIONS, run_stage
 
 
 def main() -> None:
-    args = parse_args(__doc__, ["source", "fp32", "int8", "pruned", "data", "out", "metrics_fp32", "metrics_int8"])
-    params = read_section(args.params, "tvm", TVMParams)
-    bench = read_section(args.params, "bench", BenchConfig)
-    # Unknown pass names fail before any work.
-    compile_tvm.make_passes(params.layout_passes, compile_tvm.LAYOUT_PASSES, layout=params.layout)
-    modules = {p: compile_tvm.load_ir(Path(args.source) / f"{p}.json") for p in PRECISIONS}
-    metrics = compile_step("tvm-layout-passes", modules, params.layout_passes, compile_tvm.LAYOUT_PASSES,
-                           {"layout": params.layout}, args.out,
-                           {"fp32": args.fp32, "int8": args.int8}, load_model(args.pruned)[0],
-                           *load_prepared(args.data, "test"), params, bench)
-    write_json_atomic(args.metrics_fp32, metrics["fp32"])
-    write_json_atomic(args.metrics_int8, metrics["int8"])
+    run_stage("tvm-layout-passes", __doc__,
+              lambda args: {p: load_ir(Path(args.source) / f"{p}.json") for p in PRECISIONS},
+              passes_key="layout_passes", options=lambda params: {"layout": params.layout})
 
 
 if __name__ == "__main__":

@@ -5,13 +5,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from lprnet.alphabet import get_alphabet
-from lprnet.model import LPRNet, LPRNetConfig
+from lprnet.model.alphabet import get_alphabet
+from lprnet.model.network import LPRNet, LPRNetConfig
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "lprnet-pretrained"
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "lprnet-pretrained"
 PUBLISHED_WEIGHTS = SHARED / "Final_LPRNet_model.pth"
 PUBLISHED_IMAGES = SHARED / "images"
+
+
+def repo_params(section: str) -> dict:
+    """The repository's params.yaml section as a dict: the one home of every default, for tests that build a params
+    dataclass or write a params file of their own (override what the test is about, keep the rest)."""
+    return dict(yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))[section])
+
+
+def params_from_repo(section: str, cls, **overrides):
+    """`cls` (a params dataclass) from the repository's `section`, with `overrides`."""
+    return cls(**{**repo_params(section), **overrides})
 
 
 @pytest.fixture
@@ -48,13 +61,13 @@ def random_model(latin) -> LPRNet:
 
 @pytest.fixture
 def images_and_labels(latin):
-    from lprnet.synth import render_split
+    from lprnet.model.synth import render_split
 
     return render_split(seed=3, split="test", count=24, symbols=latin.symbols)
 
 
 def as_input(images: np.ndarray) -> torch.Tensor:
-    from lprnet.data import to_network_input
+    from lprnet.model.data import to_network_input
 
     return torch.from_numpy(to_network_input(images))
 

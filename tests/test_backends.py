@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lprnet.artifacts import save_model
-from lprnet.backends import example_input, load_predictor
-from lprnet.evaluate import evaluate
-from lprnet.export import export_onnx
+from lprnet.compile.onnx_export import export_onnx
+from lprnet.model.checkpoint import save_model
+from lprnet.runtime.evaluate import evaluate
+from lprnet.runtime.predictor import example_input, load_predictor
 
 
 @pytest.fixture(params=["torch", "onnxruntime"])

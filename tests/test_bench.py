@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from lprnet import bench
+from lprnet.runtime import bench
 
 
 class FakeClock:

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from lprnet.__main__ import main
-from lprnet.artifacts import save_model
-from lprnet.data import list_images
+from lprnet.model.checkpoint import save_model
+from lprnet.model.data import list_images
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_tune_budget_takes_the_search_settings_from_params_unless_given(tmp_path
                                                                         expected):
     import pandas as pd
 
-    from lprnet import tune_budget
+    from lprnet.pipeline import tune_budget
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(TUNE_BUDGET_PARAMS)

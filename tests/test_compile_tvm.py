@@ -14,13 +14,17 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 
-from lprnet import compile_tvm  # noqa: E402  (after the importorskip, which must run first)
-from lprnet.backends import example_input, load_predictor  # noqa: E402
-from lprnet.export import export_onnx  # noqa: E402
+from lprnet.compile.onnx_export import export_onnx  # noqa: E402
+from lprnet.compile.tvm.artifact import IR_FILE, LIBRARY_FILE, MANIFEST_FILE, save_artifact  # noqa: E402
+from lprnet.compile.tvm.build import build, detect_target  # noqa: E402
+from lprnet.compile.tvm.frontend import import_onnx, module_input_shape  # noqa: E402
+from lprnet.compile.tvm.passes import PIPELINES, apply_passes, count_ops  # noqa: E402
+from lprnet.runtime.predictor import example_input, load_predictor  # noqa: E402
+from lprnet.runtime.tvm_runtime import TVMPredictor  # noqa: E402
 from tests.conftest import main_constants  # noqa: E402
 
 PARITY_ATOL = 1e-3  # max abs logit difference to ONNX Runtime
-HOST = compile_tvm.detect_target({"kind": "llvm"})
+HOST = detect_target({"kind": "llvm"})
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +53,9 @@ def modules(cache, onnx_path) -> dict:
     """Imported, after the default graph passes, after those and the default layout passes (NHWC)."""
 
     def make():
-        imported = compile_tvm.import_onnx(onnx_path)
-        graph = compile_tvm.apply_passes(imported, compile_tvm.DEFAULT_GRAPH_PASSES, compile_tvm.GRAPH_PASSES)
-        layout = compile_tvm.apply_passes(graph, compile_tvm.DEFAULT_LAYOUT_PASSES, compile_tvm.LAYOUT_PASSES,
+        imported = import_onnx(onnx_path)
+        graph = apply_passes(imported, PIPELINES["graph"])
+        layout = apply_passes(graph, PIPELINES["layout"],
                                           layout="NHWC")
         return {"imported": imported, "graph": graph, "layout": layout}
 
@@ -60,16 +64,16 @@ def modules(cache, onnx_path) -> dict:
 
 @pytest.fixture
 def executables(cache, modules) -> dict:
-    return once(cache, "executables", lambda: {key: compile_tvm.build(mod, HOST) for key, mod in modules.items()})
+    return once(cache, "executables", lambda: {key: build(mod, HOST) for key, mod in modules.items()})
 
 
 @pytest.fixture
 def artifact(cache, tmp_path_factory, executables, modules, latin):
     def save():
         folder = tmp_path_factory.mktemp("artifact") / "lprnet-tvm"
-        compile_tvm.save_artifact(folder, executables["layout"], modules["layout"], HOST,
-                                  compile_tvm.module_input_shape(modules["layout"]), latin.name,
-                                  extra={"layout_passes": list(compile_tvm.DEFAULT_LAYOUT_PASSES)})
+        save_artifact(folder, executables["layout"], modules["layout"], HOST,
+                                  module_input_shape(modules["layout"]), latin.name,
+                                  extra={"layout_passes": list(PIPELINES["layout"])})
         return folder
 
     return once(cache, "artifact", save)
@@ -90,7 +94,7 @@ def test_built_module_matches_onnxruntime(stage, executables, onnx_path):
 
 
 def test_graph_passes_fold_the_constant_bias_reshapes(modules):
-    before, after = compile_tvm.count_ops(modules["imported"]), compile_tvm.count_ops(modules["graph"])
+    before, after = count_ops(modules["imported"]), count_ops(modules["graph"])
     # The ONNX importer reshapes each conv bias to (1,C,1,1) at run time; folding makes those constants.
     assert after["relax_ops"] < before["relax_ops"]
     assert after["kernels_legalized"] <= before["kernels_legalized"]
@@ -98,8 +102,8 @@ def test_graph_passes_fold_the_constant_bias_reshapes(modules):
 
 
 def test_layout_passes_convert_to_nhwc_and_fuse_kernels(modules):
-    graph = compile_tvm.count_ops(modules["graph"])
-    layout = compile_tvm.count_ops(modules["layout"])
+    graph = count_ops(modules["graph"])
+    layout = count_ops(modules["layout"])
     assert layout["relax_ops"] == 0  # every operator legalized to a TIR kernel
     assert layout["kernels"] < graph["kernels_legalized"]  # fusion: fewer kernels than one per operator
     assert layout["ops"] < graph["ops"]
@@ -123,17 +127,17 @@ def test_artifact_round_trip_loads_without_recompiling(artifact, executables, la
     monkeypatch.setenv("TVM_NUM_THREADS", "1")
     monkeypatch.setenv("TVM_BIND_THREADS", "0")
 
-    predictor = compile_tvm.TVMPredictor(artifact, threads=1)
+    predictor = TVMPredictor(artifact, threads=1)
     assert predictor.name == "tvm" and predictor.alphabet == latin and predictor.threads == 1
     logits = predictor(images)
     np.testing.assert_array_equal(logits, per_image)
     assert predictor(images[:0]).shape == (0, *logits.shape[1:])
 
-    manifest = json.loads((artifact / compile_tvm.MANIFEST_FILE).read_text())
+    manifest = json.loads((artifact / MANIFEST_FILE).read_text())
     assert manifest["target"] == HOST and manifest["input_shape"] == [1, 3, 24, 94]
     assert manifest["alphabet"] == latin.name and manifest["tvm_version"] == tvm.__version__
-    assert manifest["layout_passes"] == list(compile_tvm.DEFAULT_LAYOUT_PASSES)
-    assert (artifact / compile_tvm.IR_FILE).read_text().startswith("# from tvm.script")
+    assert manifest["layout_passes"] == list(PIPELINES["layout"])
+    assert (artifact / IR_FILE).read_text().startswith("# from tvm.script")
 
 
 def test_workers_return_every_chunk_in_order(artifact, executables, monkeypatch):
@@ -141,33 +145,33 @@ def test_workers_return_every_chunk_in_order(artifact, executables, monkeypatch)
     monkeypatch.setenv("TVM_BIND_THREADS", "0")
     images = example_input(7, seed=12)  # 7 chunks over 3 VMs: uneven shares
     per_image = np.concatenate([run(executables["layout"], images[i:i + 1]) for i in range(7)])
-    predictor = compile_tvm.TVMPredictor(artifact, threads=1, workers=3)
+    predictor = TVMPredictor(artifact, threads=1, workers=3)
     np.testing.assert_array_equal(predictor(images), per_image)
     np.testing.assert_array_equal(predictor(images[:2]), per_image[:2])  # fewer chunks than workers
     assert predictor(images[:0]).shape == (0, *per_image.shape[1:])
     with pytest.raises(ValueError, match="workers must be a positive integer, got 0"):
-        compile_tvm.TVMPredictor(artifact, threads=1, workers=0)
+        TVMPredictor(artifact, threads=1, workers=0)
 
 
 def test_a_tampered_library_is_refused(artifact, tmp_path):
     copy = tmp_path / "tampered"
     shutil.copytree(artifact, copy)
-    library = copy / compile_tvm.LIBRARY_FILE
+    library = copy / LIBRARY_FILE
     data = bytearray(library.read_bytes())
     data[len(data) // 2] ^= 0xFF
     library.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match=compile_tvm.LIBRARY_FILE):
-        compile_tvm.TVMPredictor(copy)
+    with pytest.raises(ValueError, match=LIBRARY_FILE):
+        TVMPredictor(copy)
 
 
 def test_an_unknown_pass_name_is_rejected_with_the_valid_names(modules):
     with pytest.raises(ValueError, match="'fold_constants'.*fold_constant"):
-        compile_tvm.apply_passes(modules["imported"], ["fold_constants"], compile_tvm.GRAPH_PASSES)
+        apply_passes(modules["imported"], ["fold_constants"])
 
 
 def test_an_option_no_pass_takes_is_rejected(modules):
     with pytest.raises(ValueError, match="'layuot'"):
-        compile_tvm.apply_passes(modules["imported"], ["convert_layout"], compile_tvm.LAYOUT_PASSES, layuot="NHWC")
+        apply_passes(modules["imported"], ["convert_layout"], layuot="NHWC")
 
 
 @pytest.mark.parametrize("target, named", [({"kind": "nonsense"}, "nonsense"),
@@ -175,17 +179,18 @@ def test_an_option_no_pass_takes_is_rejected(modules):
                                            ({"kind": "llvm", "bogus_option": 1}, "bogus_option")])
 def test_an_unparsable_target_is_rejected(target, named):
     with pytest.raises(ValueError, match=named) as error:
-        compile_tvm.detect_target(target)
+        detect_target(target)
     assert "\n" not in str(error.value)
 
 
 def test_detect_target_fills_in_the_host_cpu():
     assert HOST["mcpu"] == tvm.target.codegen.llvm_get_system_cpu()
-    assert compile_tvm.detect_target({"kind": "llvm", "mcpu": "x86-64"}) == {"kind": "llvm", "mcpu": "x86-64"}
+    assert detect_target({"kind": "llvm", "mcpu": "x86-64"}) == {"kind": "llvm", "mcpu": "x86-64"}
 
 
 def test_graph_passes_fold_a_batch_norm_into_the_conv(tmp_path, latin):
-    """lprnet.export leaves no BatchNormalization, so a hand-built Conv + BatchNormalization ONNX checks the pair."""
+    """lprnet.compile.onnx_export leaves no BatchNormalization, so a hand-built Conv + BatchNormalization ONNX checks
+    the pair."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -202,13 +207,13 @@ def test_graph_passes_fold_a_batch_norm_into_the_conv(tmp_path, latin):
     helper.set_model_props(model, {"alphabet": latin.name})
     onnx.save(model, tmp_path / "conv_bn.onnx")
 
-    imported = compile_tvm.import_onnx(tmp_path / "conv_bn.onnx")
-    folded = compile_tvm.apply_passes(imported, compile_tvm.DEFAULT_GRAPH_PASSES, compile_tvm.GRAPH_PASSES)
+    imported = import_onnx(tmp_path / "conv_bn.onnx")
+    folded = apply_passes(imported, PIPELINES["graph"])
     assert "batch_norm" in imported.script() and "batch_norm" not in folded.script()
-    assert compile_tvm.count_ops(folded)["ops"] == 2  # conv2d + bias add
+    assert count_ops(folded)["ops"] == 2  # conv2d + bias add
     images = example_input(1, seed=3)
-    np.testing.assert_allclose(run(compile_tvm.build(folded, HOST), images),
-                               run(compile_tvm.build(imported, HOST), images), atol=1e-4)
+    np.testing.assert_allclose(run(build(folded, HOST), images),
+                               run(build(imported, HOST), images), atol=1e-4)
 
 
 def test_qdq_pairs_become_arithmetic_that_follows_the_layout_and_fuses(tmp_path, latin):
@@ -241,13 +246,13 @@ def test_qdq_pairs_become_arithmetic_that_follows_the_layout_and_fuses(tmp_path,
     helper.set_model_props(model, {"alphabet": latin.name})
     onnx.save(model, tmp_path / "qdq.onnx")
 
-    imported = compile_tvm.import_onnx(tmp_path / "qdq.onnx")
+    imported = import_onnx(tmp_path / "qdq.onnx")
     assert "R.quantize" in imported.script()
-    without = [name for name in compile_tvm.DEFAULT_GRAPH_PASSES if name != "qdq_to_arithmetic"]
+    without = [name for name in PIPELINES["graph"] if name != "qdq_to_arithmetic"]
     layouts, kernels = {}, {}
-    for key, names in {"with": compile_tvm.DEFAULT_GRAPH_PASSES, "without": without}.items():
-        graph = compile_tvm.apply_passes(imported, names, compile_tvm.GRAPH_PASSES)
-        layouts[key] = compile_tvm.apply_passes(graph, compile_tvm.DEFAULT_LAYOUT_PASSES, compile_tvm.LAYOUT_PASSES,
+    for key, names in {"with": PIPELINES["graph"], "without": without}.items():
+        graph = apply_passes(imported, names)
+        layouts[key] = apply_passes(graph, PIPELINES["layout"],
                                                 layout="NHWC")
         kernels[key] = [line for line in layouts[key]["main"].script().splitlines() if "call_tir" in line]
     # With the pass: the input's and the output's transposes only, every pair inside a convolution's kernel.
@@ -256,7 +261,7 @@ def test_qdq_pairs_become_arithmetic_that_follows_the_layout_and_fuses(tmp_path,
     assert sum("transpose" in call for call in kernels["without"]) > 2
     assert len(kernels["without"]) > len(kernels["with"])
     images = example_input(1, seed=4)
-    outputs = {key: run(compile_tvm.build(layout, HOST), images) for key, layout in layouts.items()}
+    outputs = {key: run(build(layout, HOST), images) for key, layout in layouts.items()}
     # The same values as TVM's quantize/dequantize kernels (not ONNX Runtime's: its int8 kernels requantize int32
     # sums, which puts a share of these activations a quantization step apart; tvm-graph-passes bounds the accuracy).
     np.testing.assert_allclose(outputs["with"], outputs["without"], atol=1e-5, rtol=0)
@@ -306,21 +311,21 @@ def write_int8_conv_onnx(path, latin, in_zero_point: int) -> None:
 @pytest.mark.parametrize("in_zero_point", [0, 128])
 def test_qdq_convolutions_become_integer_convolutions_with_the_same_values(tmp_path, latin, in_zero_point):
     write_int8_conv_onnx(tmp_path / "int8.onnx", latin, in_zero_point)
-    imported = compile_tvm.import_onnx(tmp_path / "int8.onnx")
-    fake = [name for name in compile_tvm.DEFAULT_GRAPH_PASSES if name != "qdq_conv_to_integer"]
-    graphs = {"integer": compile_tvm.apply_passes(imported, compile_tvm.DEFAULT_GRAPH_PASSES, compile_tvm.GRAPH_PASSES),
-              "fake": compile_tvm.apply_passes(imported, fake, compile_tvm.GRAPH_PASSES)}
+    imported = import_onnx(tmp_path / "int8.onnx")
+    fake = [name for name in PIPELINES["graph"] if name != "qdq_conv_to_integer"]
+    graphs = {"integer": apply_passes(imported, PIPELINES["graph"]),
+              "fake": apply_passes(imported, fake)}
     convs = [line for line in graphs["integer"].script().splitlines() if "R.nn.conv2d(" in line]
     assert len(convs) == 2 and all('out_dtype="int32"' in line for line in convs)
     assert "R.dequantize" not in graphs["integer"].script()  # the weights' pairs went with the float convolutions
-    layout = compile_tvm.apply_passes(graphs["integer"], compile_tvm.DEFAULT_LAYOUT_PASSES, compile_tvm.LAYOUT_PASSES,
+    layout = apply_passes(graphs["integer"], PIPELINES["layout"],
                                       layout="NHWC")
     # Each int8 kernel reads its weight packed in VNNI blocks, zero-padded to whole blocks: [O/16, KH, KW, I/4, 16, 4].
     packed = sorted(array.shape for array in main_constants(layout) if array.dtype == np.int8)
     assert packed == [(1, 3, 1, 2, 16, 4), (1, 3, 3, 1, 16, 4)]
     images = example_input(1, seed=5)
     modules = {**graphs, "layout": layout}
-    outputs = {key: run(compile_tvm.build(module, HOST), images) for key, module in modules.items()}
+    outputs = {key: run(build(module, HOST), images) for key, module in modules.items()}
     np.testing.assert_allclose(outputs["layout"], outputs["integer"], atol=1e-5, rtol=0)
     # Exact integer sums against fp32 sums of the dequantized values: an activation between the two convolutions may
     # round a step (0.02) apart where the fp32 sum lands on a rounding boundary, nowhere more; bound: all 3 x 1 x 6

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lprnet import data, synth
-from lprnet.alphabet import get_alphabet
+from lprnet.model import data, synth
+from lprnet.model.alphabet import get_alphabet
 
 
 @pytest.mark.parametrize("name, label", [

@@ -42,7 +42,7 @@ def test_hash_split_covers_every_file_once(tmp_path):
     names = [f"A{i:05d}.png" for i in range(40)]
     plates(tmp_path / "in", names)
     assert run_data_stage(tmp_path, tmp_path / "in").returncode == 0
-    from lprnet.data import load_prepared
+    from lprnet.model.data import load_prepared
 
     seen = [str(label) for split in ("train", "calib", "test") for label in load_prepared(tmp_path / "out", split)[1]]
     assert sorted(seen) == sorted(n[:-4] for n in names)
@@ -69,14 +69,14 @@ def test_calibration_and_test_splits_are_disjoint(tmp_path):
     """Calibration never sees a test image: no file (folder profile) and no image (synthetic) is in both."""
     import hashlib
 
-    from lprnet.data import load_prepared
+    from lprnet.model.data import load_prepared
 
     plates(tmp_path / "in", [f"A{i:05d}.png" for i in range(60)])
     assert run_data_stage(tmp_path, tmp_path / "in").returncode == 0
     calib, test = (set(load_prepared(tmp_path / "out", split)[1]) for split in ("calib", "test"))
     assert calib and test and not calib & test
 
-    from lprnet import synth
+    from lprnet.model import synth
 
     symbols = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
     digests = {split: {hashlib.sha256(image.tobytes()).hexdigest() for image in synth.render_split(0, split, 200,

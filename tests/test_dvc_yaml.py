@@ -50,10 +50,11 @@ def code_closure(*paths: str) -> set[str]:
 def stage_code(script: str) -> set[str]:
     """What a stage script runs: its module-level import closure. Imports inside functions are followed only for
     `load_predictor`, which picks the runtime's module by artifact kind: a stage that calls it can run any of them.
-    (Other function-level imports are optional paths a stage does not take, e.g. backends' TVM loader in baseline.)"""
+    (Other function-level imports are optional paths a stage does not take, e.g. the predictor module's TVM loader
+    in baseline.)"""
     closure = code_closure(script)
     if "load_predictor" in (REPO / script).read_text():
-        closure |= code_closure(*imported_modules(REPO / "lprnet/backends.py", lazy=True))
+        closure |= code_closure(*imported_modules(REPO / "lprnet/runtime/predictor.py", lazy=True))
     return closure
 
 
@@ -68,5 +69,13 @@ def test_every_module_a_stage_runs_is_a_dependency(stage):
 
 def test_the_closure_follows_imports_of_imports():
     assert "lprnet/io.py" in stage_code("stages/data.py")  # stage -> lprnet.data -> lprnet.io
-    assert "lprnet/compile_tvm.py" in stage_code("stages/benchmark.py")  # through load_predictor
-    assert "lprnet/compile_tvm.py" not in stage_code("stages/baseline.py")
+    assert "lprnet/runtime/tvm_runtime.py" in stage_code("stages/benchmark.py")  # through load_predictor
+    assert "lprnet/runtime/tvm_runtime.py" not in stage_code("stages/baseline.py")
+
+
+def test_package_inits_hold_only_a_docstring():
+    """Importing lprnet.x.y runs lprnet/x/__init__.py too; dvc.yaml leaves these out, so they must not hold code."""
+    for init in sorted((REPO / "lprnet").rglob("__init__.py")):
+        body = ast.parse(init.read_text()).body
+        assert len(body) <= 1 and all(isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+                                      for node in body), f"{init.relative_to(REPO)} holds code"

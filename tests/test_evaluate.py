@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lprnet.backends import TorchPredictor
-from lprnet.decode import greedy_decode
-from lprnet.evaluate import edit_distance, evaluate, predict_texts, score
+from lprnet.model.decode import greedy_decode
+from lprnet.runtime.evaluate import edit_distance, evaluate, predict_texts, score
+from lprnet.runtime.torch_runtime import TorchPredictor
 
 
 def one_hot_logits(columns: list[int], num_classes: int) -> np.ndarray:

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from lprnet import gate
-from lprnet.gate import ACCURACY, LATENCY, NEW, OK, REMOVED, GateParams, compare, render
+from lprnet.pipeline import gate
+from lprnet.pipeline.gate import ACCURACY, LATENCY, NEW, OK, REMOVED, GateParams, compare, render
 
 THRESHOLDS = GateParams(max_accuracy_drop=0.005, latency_noise_factor=3.0, min_latency_slowdown=0.05)
 
@@ -146,7 +146,7 @@ def wired_into_lprnet_main() -> bool:
     return True
 
 
-@pytest.mark.parametrize("entry_point", [["lprnet.gate"], ["lprnet", "gate"]], ids=["module", "lprnet-cli"])
+@pytest.mark.parametrize("entry_point", [["lprnet.pipeline.gate"], ["lprnet", "gate"]], ids=["module", "lprnet-cli"])
 def test_gate_against_head_in_a_git_repo(repo, entry_point):
     if entry_point == ["lprnet", "gate"] and not wired_into_lprnet_main():
         pytest.skip("`gate` is not yet a subcommand of lprnet/__main__.py")

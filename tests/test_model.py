@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from lprnet.artifacts import load_model
-from lprnet.data import list_images, load_folder
-from lprnet.model import LPRNet
+from lprnet.model.checkpoint import load_model
+from lprnet.model.data import list_images, load_folder
+from lprnet.model.network import LPRNet
 
 from .conftest import as_input
 

@@ -27,9 +27,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from lprnet import data
-from lprnet.alphabet import ALPHABETS, BLANK, get_alphabet
-from lprnet.decode import greedy_decode
+from lprnet.model import data
+from lprnet.model.alphabet import ALPHABETS, BLANK, get_alphabet
+from lprnet.model.decode import greedy_decode
 
 PURE = settings(max_examples=200, deadline=None)
 IMAGES = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -9,13 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from lprnet.artifacts import load_model, save_model
-from lprnet.backends import load_predictor
-from lprnet.data import list_images, load_folder
-from lprnet.export import export_onnx
-from lprnet.metrics import count_macs, count_params
-from lprnet.model import LPRNet, LPRNetConfig
-from lprnet.prune import (
+from lprnet.compile.onnx_export import export_onnx
+from lprnet.model.checkpoint import load_model, save_model
+from lprnet.model.data import list_images, load_folder
+from lprnet.model.network import LPRNet, LPRNetConfig
+from lprnet.optimize.prune import (
     ACTIVATION,
     CRITERIA,
     GROUPS,
@@ -25,6 +23,8 @@ from lprnet.prune import (
     prune_channels,
     remove_dead_channels,
 )
+from lprnet.runtime.metrics import count_macs, count_params
+from lprnet.runtime.predictor import load_predictor
 
 from .conftest import as_input
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lprnet.artifacts import save_model
-from lprnet.data import save_split
+from lprnet.model.checkpoint import save_model
+from lprnet.model.data import save_split
 
 REPO = Path(__file__).resolve().parents[1]
 

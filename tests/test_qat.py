@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from lprnet.backends import TorchPredictor
-from lprnet.calibrate import calibrate, observers, prepare_observed
-from lprnet.qat import activation_fake_quants, convert_qat, prepare_qat
-from lprnet.quantize import load_quantized, load_statistics, quantize, rebuild_graph, save_quantized
-from lprnet.train import TrainConfig, train_ctc
+from lprnet.optimize.calibrate import calibrate, observers, prepare_observed
+from lprnet.optimize.qat import activation_fake_quants, convert_qat, prepare_qat
+from lprnet.optimize.quantize import load_quantized, load_statistics, quantize, rebuild_graph, save_quantized
+from lprnet.optimize.train import TrainConfig, train_ctc
+from lprnet.runtime.torch_runtime import TorchPredictor
 from tests.conftest import as_input
 
 
 @pytest.fixture
 def calibration_images(latin):
-    from lprnet.synth import render_split
+    from lprnet.model.synth import render_split
 
     images, _ = render_split(seed=3, split="calib", count=16, symbols=latin.symbols)
     return images
@@ -64,7 +64,7 @@ def test_untrained_qat_converts_to_the_post_training_model(random_model, calibra
 
 def test_qat_fine_tunes_and_round_trips_through_the_int8_artifact(tmp_path, random_model, latin, calibration,
                                                                   images_and_labels):
-    from lprnet.synth import render_split
+    from lprnet.model.synth import render_split
 
     train = render_split(seed=4, split="train", count=32, symbols=latin.symbols)
     prepared = prepare_qat(random_model, calibration)

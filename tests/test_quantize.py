@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch.ao.quantization.observer import HistogramObserver
 
-from lprnet.artifacts import load_model, save_model
-from lprnet.backends import TorchPredictor
-from lprnet.calibrate import (
+from lprnet.model.checkpoint import load_model, save_model
+from lprnet.model.data import hash_split, list_images, load_folder
+from lprnet.model.network import LPRNet, LPRNetConfig
+from lprnet.optimize.calibrate import (
     ACTIVATION_DTYPE_ARGS,
     DEFAULT_METHOD,
     METHODS,
@@ -22,10 +23,9 @@ from lprnet.calibrate import (
     load_calibration,
     save_calibration,
 )
-from lprnet.data import hash_split, list_images, load_folder
-from lprnet.evaluate import evaluate, predict_texts
-from lprnet.model import LPRNet, LPRNetConfig
-from lprnet.quantize import FORMAT, is_quantized_artifact, load_quantized, quantize, save_quantized
+from lprnet.optimize.quantize import FORMAT, is_quantized_artifact, load_quantized, quantize, save_quantized
+from lprnet.runtime.evaluate import evaluate, predict_texts
+from lprnet.runtime.torch_runtime import TorchPredictor
 from tests.conftest import as_input
 
 # The entropy rule is left out of the random-model fidelity test: KL search mis-clips the sparse histograms of a
@@ -35,7 +35,7 @@ ROBUST_METHODS = ("minmax", "histogram", "percentile")
 
 @pytest.fixture
 def calibration_images(latin):
-    from lprnet.synth import render_split
+    from lprnet.model.synth import render_split
 
     images, _ = render_split(seed=3, split="calib", count=16, symbols=latin.symbols)
     return images

@@ -8,22 +8,17 @@ import onnx
 import pytest
 import torch
 
-from lprnet.backends import load_predictor, onnx_session
-from lprnet.data import to_network_input
-from lprnet.export import export_onnx
-from lprnet.quantize_onnx import (
-    calibrate_onnx,
-    context_nodes,
-    onnx_runtime_plan,
-    quantize_qdq,
-    torch_int8_plan,
-)
+from lprnet.compile.onnx_export import export_onnx
+from lprnet.compile.onnx_int8 import calibrate_onnx, context_nodes, onnx_runtime_plan, quantize_qdq, torch_int8_plan
+from lprnet.model.data import to_network_input
+from lprnet.runtime.onnx_runtime import onnx_session
+from lprnet.runtime.predictor import load_predictor
 
 
 @pytest.fixture(scope="module")
 def fp32_onnx(tmp_path_factory):
-    from lprnet.alphabet import get_alphabet
-    from lprnet.model import LPRNet, LPRNetConfig
+    from lprnet.model.alphabet import get_alphabet
+    from lprnet.model.network import LPRNet, LPRNetConfig
 
     torch.manual_seed(1)
     path = tmp_path_factory.mktemp("onnx") / "fp32.onnx"
@@ -58,8 +53,8 @@ def test_unknown_method_is_refused(tmp_path, fp32_onnx, images_and_labels):
 
 
 def int8_torch_model(model, images):
-    from lprnet.calibrate import calibrate
-    from lprnet.quantize import quantize
+    from lprnet.optimize.calibrate import calibrate
+    from lprnet.optimize.quantize import quantize
 
     return quantize(model, calibrate(model, images, "histogram"))
 
@@ -121,7 +116,7 @@ def test_onnx_runtime_runs_the_int8_models_max_pools_in_float(tmp_path, random_m
 def test_an_int8_model_of_another_architecture_is_refused(tmp_path, random_model, latin, images_and_labels):
     import dataclasses
 
-    from lprnet.model import LPRNet
+    from lprnet.model.network import LPRNet
 
     fp32_path = tmp_path / "fp32.onnx"
     export_onnx(random_model, latin, fp32_path)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lprnet import report
+from lprnet.pipeline import report
 
 
 def fake_results(tuned_ms: float, pruned_int8_accuracy: float) -> tuple[dict, dict]:
@@ -63,7 +63,7 @@ def test_the_deltas_include_the_benchmark_timings():
 
 
 def test_latency_changes_within_the_gates_noise_are_counted_not_listed():
-    from lprnet.gate import GateParams
+    from lprnet.pipeline.gate import GateParams
 
     previous = {"a": {"latency_ms_p50": 10.0, "latency_ms_mad": 0.5, "accuracy": 0.9},
                 "b": {"latency_ms_p50": 10.0, "latency_ms_mad": 0.5}, "c": {"latency_ms_p50": 10.0}}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lprnet.__main__ import main
-from lprnet.sweep import plot_sweep, sweep_table
+from lprnet.pipeline.sweep import plot_sweep, sweep_table
 
 
 def row(name, rev, ratio, accuracy, state="Success", **extra):

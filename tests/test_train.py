@@ -8,11 +8,9 @@ import copy
 import pytest
 import torch
 
-from lprnet.backends import TorchPredictor
-from lprnet.data import list_images, load_folder
-from lprnet.evaluate import evaluate
-from lprnet.prune import prune_channels, remove_dead_channels
-from lprnet.train import (
+from lprnet.model.data import list_images, load_folder
+from lprnet.optimize.prune import prune_channels, remove_dead_channels
+from lprnet.optimize.train import (
     MAX_BRIGHTNESS_SHIFT,
     MAX_CONTRAST_CHANGE,
     MAX_NOISE,
@@ -22,6 +20,8 @@ from lprnet.train import (
     distillation_loss,
     train_ctc,
 )
+from lprnet.runtime.evaluate import evaluate
+from lprnet.runtime.torch_runtime import TorchPredictor
 from tests.conftest import as_input
 
 
@@ -50,7 +50,7 @@ def test_a_fine_tuning_that_no_validation_prefers_returns_the_starting_weights(r
 
 
 def test_pruned_published_weights_keep_their_accuracy_through_fine_tuning(published_weights, published_images):
-    from lprnet.artifacts import load_model
+    from lprnet.model.checkpoint import load_model
 
     model, alphabet = load_model(published_weights)
     model = prune_channels(remove_dead_channels(model)[0], 0.3)

@@ -1,4 +1,4 @@
-"""MetaSchedule measurements through TVM's RPC tracker and server (`tune_tvm.tune(..., rpc=...)`): the convolution of
+"""MetaSchedule measurements through TVM's RPC tracker and server (`tune(..., rpc=...)`): the convolution of
 test_tune_tvm.py tuned with its candidates timed by one server registered with a tracker, both started on loopback
 by this file; the errors for a tracker without a server for the key, a bad tracker address or key, and the stage's
 one-line errors for `tune.rpc_tracker` / `tune.rpc_key`.
@@ -23,11 +23,14 @@ pytest.importorskip("cloudpickle", reason="MetaSchedule's builder and runner pro
 pytest.importorskip("xgboost", reason="MetaSchedule's default cost model needs xgboost")
 pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado")
 
-from tvm import rpc  # noqa: E402  (after the importorskip, which must run first)
+from tvm import rpc  # noqa: E402
 from tvm.rpc.server import Server  # noqa: E402
 from tvm.rpc.tracker import Tracker  # noqa: E402
+from tvm.s_tir import meta_schedule as ms  # noqa: E402
 
-from lprnet import tune_tvm  # noqa: E402
+from lprnet.compile.tvm.database import FAILED_RUN_S, extract_tasks, module_records, untuned_tasks  # noqa: E402
+from lprnet.compile.tvm.runner import RPCTarget  # noqa: E402
+from lprnet.compile.tvm.tune import apply_database, count_tuned_kernels, tune  # noqa: E402
 from tests.test_tune_tvm import INPUT_SHAPE, TARGET, conv_module, run_vm  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,9 +101,9 @@ def tuned_remotely(rpc_server, module, tmp_path_factory):
         raise AssertionError("a candidate was to be timed on this machine")
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tune_tvm.ms.runner, "LocalRunner", refuse)
-        run = tune_tvm.tune(module, TARGET, folder, TOTAL_TRIALS, TRIALS_PER_TASK, seed=0, progress=False,
-                            rpc=tune_tvm.RPCTarget(HOST, port, KEY))
+        patch.setattr(ms.runner, "LocalRunner", refuse)
+        run = tune(module, TARGET, folder, TOTAL_TRIALS, TRIALS_PER_TASK, seed=0, progress=False,
+                            rpc=RPCTarget(HOST, port, KEY))
     return folder, run
 
 
@@ -109,21 +112,21 @@ def test_every_task_is_timed_on_the_server(tuned_remotely, rpc_server, module):
     _, fills = rpc_server
     assert run.tasks == run.tuned_tasks == 3
     assert TOTAL_TRIALS <= run.trials < TOTAL_TRIALS + TRIALS_PER_TASK
-    assert tune_tvm.untuned_tasks(tune_tvm.extract_tasks(module, TARGET), run.database, TARGET) == []
-    records = tune_tvm.module_records(folder, module, TARGET)
-    timed = [seconds for _, seconds in records if seconds < tune_tvm.FAILED_RUN_S]
+    assert untuned_tasks(extract_tasks(module, TARGET), run.database, TARGET) == []
+    records = module_records(folder, module, TARGET)
+    timed = [seconds for _, seconds in records if seconds < FAILED_RUN_S]
     assert {task for task, _ in records} == {0, 1, 2} and timed and all(0 < s < 1 for s in timed)
     # The server filled the arguments of every timed candidate (one fill per argument), and of no more than were tried.
     arguments = [len(record.args_info) for record in run.database.get_all_tuning_records()]
     timed_arguments = [len(record.args_info) for record in run.database.get_all_tuning_records()
-                       if record.run_secs and min(float(s) for s in record.run_secs) < tune_tvm.FAILED_RUN_S]
+                       if record.run_secs and min(float(s) for s in record.run_secs) < FAILED_RUN_S]
     assert sum(timed_arguments) <= len(fills.read_text().splitlines()) <= sum(arguments)
 
 
 def test_the_remotely_tuned_build_matches_the_untuned_one(tuned_remotely, module):
     folder, _ = tuned_remotely
-    scheduled = tune_tvm.apply_database(module, TARGET, folder)
-    assert tune_tvm.count_tuned_kernels(scheduled) == 3
+    scheduled = apply_database(module, TARGET, folder)
+    assert count_tuned_kernels(scheduled) == 3
     images = np.random.default_rng(1).standard_normal(INPUT_SHAPE).astype(np.float32)
     np.testing.assert_allclose(run_vm(scheduled, images), run_vm(module, images), atol=1e-3, rtol=0)
 
@@ -132,8 +135,8 @@ def test_a_key_the_tracker_has_no_server_for_fails_at_once(rpc_server, module, t
     port, _ = rpc_server
     start = time.perf_counter()
     with pytest.raises(ValueError, match=f"{HOST}:{port}: no server with key 'absent'.*--key absent"):
-        tune_tvm.tune(module, TARGET, tmp_path / "database", TOTAL_TRIALS, TRIALS_PER_TASK, progress=False,
-                      rpc=tune_tvm.RPCTarget(HOST, port, "absent"))
+        tune(module, TARGET, tmp_path / "database", TOTAL_TRIALS, TRIALS_PER_TASK, progress=False,
+                      rpc=RPCTarget(HOST, port, "absent"))
     assert time.perf_counter() - start < 30  # not queued at the tracker for a server that never comes
 
 
@@ -147,12 +150,12 @@ def test_a_key_the_tracker_has_no_server_for_fails_at_once(rpc_server, module, t
 ])
 def test_a_bad_tracker_address_or_key_is_named(address, key, match):
     with pytest.raises(ValueError, match=match):
-        tune_tvm.RPCTarget.parse(address, key)
+        RPCTarget.parse(address, key)
 
 
 def test_parse_splits_host_and_port():
-    assert tune_tvm.RPCTarget.parse("10.0.0.7:9190", "rasp4") == tune_tvm.RPCTarget("10.0.0.7", 9190, "rasp4")
-    assert tune_tvm.RPCTarget("10.0.0.7", 9190, "rasp4").address == "10.0.0.7:9190"
+    assert RPCTarget.parse("10.0.0.7:9190", "rasp4") == RPCTarget("10.0.0.7", 9190, "rasp4")
+    assert RPCTarget("10.0.0.7", 9190, "rasp4").address == "10.0.0.7:9190"
 
 
 @pytest.mark.parametrize("tracker_address, key, message", [

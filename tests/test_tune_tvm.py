@@ -21,15 +21,40 @@ tvm = pytest.importorskip("tvm")
 pytest.importorskip("cloudpickle", reason="MetaSchedule's builder and runner processes need cloudpickle")
 pytest.importorskip("xgboost", reason="MetaSchedule's default cost model needs xgboost")
 
-from tvm import relax  # noqa: E402  (after the importorskip, which must run first)
+from tvm import relax  # noqa: E402
+from tvm.s_tir import meta_schedule as ms  # noqa: E402
 
-from lprnet import compile_tvm, tune_tvm  # noqa: E402
+from lprnet.compile.tvm.budget import MAX_TRIALS_PER_ITERATION, TrialPlan, module_share, plan_trials  # noqa: E402
+from lprnet.compile.tvm.build import build, parse_target  # noqa: E402
+from lprnet.compile.tvm.database import (  # noqa: E402
+    FAILED_RUN_S,
+    RECORD_FILE,
+    SETTINGS_FILE,
+    WORKLOAD_FILE,
+    extract_tasks,
+    module_records,
+    open_database,
+    recorded_trials,
+    tasks_to_tune,
+    tuning_curve,
+    untuned_tasks,
+)
+from lprnet.compile.tvm.passes import PIPELINES, apply_passes  # noqa: E402
+from lprnet.compile.tvm.tune import (  # noqa: E402
+    DEFAULT_POPULATION,
+    apply_database,
+    count_tuned_kernels,
+    tune,
+    tuning_module,
+    tuning_target,
+)
+from lprnet.compile.tvm.workarounds import import_tensor_intrinsics  # noqa: E402
 from tests.conftest import main_constants  # noqa: E402
 
 INPUT_SHAPE = (1, 8, 12, 16)  # NCHW, so the layout passes add NCHW <-> NHWC transposes: 3 tasks
 TOTAL_TRIALS, TRIALS_PER_TASK = 6, 2
-POPULATION = 32  # not tune_tvm.DEFAULT_POPULATION, so that a test can tell it reached the search
-TARGET = tune_tvm.tuning_target({"kind": "llvm"}, num_cores=2)
+POPULATION = 32  # not DEFAULT_POPULATION, so that a test can tell it reached the search
+TARGET = tuning_target({"kind": "llvm"}, num_cores=2)
 
 
 def conv_module() -> tvm.IRModule:
@@ -41,7 +66,7 @@ def conv_module() -> tvm.IRModule:
         with builder.dataflow():
             output = builder.emit_output(relax.op.nn.relu(relax.op.nn.conv2d(images, relax.const(weight), padding=1)))
         builder.emit_func_output(output)
-    return compile_tvm.apply_passes(builder.get(), compile_tvm.DEFAULT_LAYOUT_PASSES, compile_tvm.LAYOUT_PASSES,
+    return apply_passes(builder.get(), PIPELINES["layout"],
                                     layout="NHWC")
 
 
@@ -49,7 +74,7 @@ def conv_module() -> tvm.IRModule:
 def module() -> tvm.IRModule:
     """With the weight marked layout-free (tune.weight_layout_rewrite), so that these tests cover the rewrite too;
     test_tune_rpc.py tunes the module without it."""
-    return tune_tvm.tuning_module(conv_module(), weight_layout_rewrite=True)
+    return tuning_module(conv_module(), weight_layout_rewrite=True)
 
 
 @pytest.fixture(scope="module")
@@ -62,27 +87,27 @@ def searches() -> list[dict]:
 def tuned(module, tmp_path_factory, searches):
     """(database folder, TuningRun) of the one real tuning in this file."""
     folder = tmp_path_factory.mktemp("tune") / "database"
-    evolutionary_search = tune_tvm.ms.search_strategy.EvolutionarySearch
+    evolutionary_search = ms.search_strategy.EvolutionarySearch
 
     def recorded_search(**kwargs):
         searches.append(kwargs)
         return evolutionary_search(**kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tune_tvm.ms.search_strategy, "EvolutionarySearch", recorded_search)
-        run = tune_tvm.tune(module, TARGET, folder, TOTAL_TRIALS, TRIALS_PER_TASK, population=POPULATION, seed=0,
+        patch.setattr(ms.search_strategy, "EvolutionarySearch", recorded_search)
+        run = tune(module, TARGET, folder, TOTAL_TRIALS, TRIALS_PER_TASK, population=POPULATION, seed=0,
                             progress=False)
     return folder, run
 
 
 def run_vm(mod: tvm.IRModule, images: np.ndarray) -> np.ndarray:
-    vm = relax.VirtualMachine(compile_tvm.build(mod, TARGET), tvm.cpu())
+    vm = relax.VirtualMachine(build(mod, TARGET), tvm.cpu())
     return vm["main"](tvm.runtime.tensor(images)).numpy()
 
 
 def test_tuning_writes_the_database_and_gives_every_task_trials(tuned, module):
     folder, run = tuned
-    for name in (tune_tvm.WORKLOAD_FILE, tune_tvm.RECORD_FILE, tune_tvm.SETTINGS_FILE):
+    for name in (WORKLOAD_FILE, RECORD_FILE, SETTINGS_FILE):
         assert (folder / name).stat().st_size > 0
     assert run.tasks == run.tuned_tasks == 3
     assert TOTAL_TRIALS <= run.trials < TOTAL_TRIALS + TRIALS_PER_TASK  # a last batch may overshoot the budget
@@ -91,18 +116,18 @@ def test_tuning_writes_the_database_and_gives_every_task_trials(tuned, module):
     seconds = [s for _, s in run.timeline]
     assert built == sorted(built) and built[-1] == run.trials
     assert seconds == sorted(seconds) and seconds[-1] < run.seconds
-    assert tune_tvm.untuned_tasks(tune_tvm.extract_tasks(module, TARGET), run.database, TARGET) == []
-    records = tune_tvm.module_records(folder, module, TARGET)
+    assert untuned_tasks(extract_tasks(module, TARGET), run.database, TARGET) == []
+    records = module_records(folder, module, TARGET)
     assert len(records) == run.trials and {task for task, _ in records} == {0, 1, 2}
-    settings = json.loads((folder / tune_tvm.SETTINGS_FILE).read_text())
+    settings = json.loads((folder / SETTINGS_FILE).read_text())
     assert settings["target"] == TARGET and settings["total_trials"] == TOTAL_TRIALS and settings["seed"] == 0
 
 
 def test_the_tuned_build_matches_the_untuned_one(tuned, module):
     folder, _ = tuned
-    scheduled = tune_tvm.apply_database(module, TARGET, folder)
-    assert tune_tvm.count_tuned_kernels(module) == 0
-    assert tune_tvm.count_tuned_kernels(scheduled) == 3
+    scheduled = apply_database(module, TARGET, folder)
+    assert count_tuned_kernels(module) == 0
+    assert count_tuned_kernels(scheduled) == 3
     images = np.random.default_rng(1).standard_normal(INPUT_SHAPE).astype(np.float32)
     np.testing.assert_allclose(run_vm(scheduled, images), run_vm(module, images), atol=1e-3, rtol=0)
 
@@ -111,7 +136,7 @@ def test_the_tuned_build_holds_the_weight_in_the_layout_its_schedule_chose(tuned
     folder, _ = tuned
     (weight,) = main_constants(module)
     assert weight.shape == (3, 3, INPUT_SHAPE[1], 16)  # HWIO, as ConvertLayout left it
-    scheduled = tune_tvm.apply_database(module, TARGET, folder)
+    scheduled = apply_database(module, TARGET, folder)
     (packed,) = main_constants(scheduled)
     # Which layout depends on the measured draw (4 x 3 x 3 x 2 x 16 in one tuning, 16 x 3 x 3 x 8 in another), so
     # assert what holds for any: the same values, held in the shape a kernel reads, and no kernel that packs per call.
@@ -123,95 +148,95 @@ def test_the_tuned_build_holds_the_weight_in_the_layout_its_schedule_chose(tuned
     # MetaScheduleApplyDatabase alone leaves the packing inside the convolution's kernel, run on every call.
     assert "layout_rewrite_preproc" not in scheduled.script()
     # With the setting off, no weight is marked layout-free: schedules read the weights as they are.
-    plain = tune_tvm.tuning_module(conv_module(), weight_layout_rewrite=False)
+    plain = tuning_module(conv_module(), weight_layout_rewrite=False)
     assert all(not (f.attrs or {}).get("layout_free_buffers") for f in plain.functions.values()
                if isinstance(f, tvm.tirx.PrimFunc))
 
 
 def test_a_database_with_every_task_is_reused_without_tuning(tuned, module, monkeypatch):
     folder, first = tuned
-    records = (folder / tune_tvm.RECORD_FILE).read_text()
+    records = (folder / RECORD_FILE).read_text()
 
     def refuse(**kwargs):
         raise AssertionError("tuned again")
 
-    monkeypatch.setattr(tune_tvm.ms, "tune_tasks", refuse)
+    monkeypatch.setattr(ms, "tune_tasks", refuse)
     start = time.perf_counter()
-    again = tune_tvm.tune(module, TARGET, folder, TOTAL_TRIALS, TRIALS_PER_TASK, population=POPULATION, seed=0,
+    again = tune(module, TARGET, folder, TOTAL_TRIALS, TRIALS_PER_TASK, population=POPULATION, seed=0,
                           progress=False)
     assert time.perf_counter() - start < 10
     assert (again.tasks, again.tuned_tasks, again.trials) == (3, 0, 0)
-    assert (folder / tune_tvm.RECORD_FILE).read_text() == records
+    assert (folder / RECORD_FILE).read_text() == records
 
 
 def test_a_database_tuned_with_other_settings_is_refused_or_replaced(tuned, module, tmp_path):
     folder, first = tuned
     copy = tmp_path / "database"
     shutil.copytree(folder, copy)
-    records = (copy / tune_tvm.RECORD_FILE).read_text()
+    records = (copy / RECORD_FILE).read_text()
     with pytest.raises(ValueError, match=f"tuned with other settings \\(total_trials: {TOTAL_TRIALS} there, 3 now\\)"):
-        tune_tvm.tune(module, TARGET, copy, 3, TRIALS_PER_TASK, population=POPULATION, seed=0, progress=False)
-    assert (copy / tune_tvm.RECORD_FILE).read_text() == records
+        tune(module, TARGET, copy, 3, TRIALS_PER_TASK, population=POPULATION, seed=0, progress=False)
+    assert (copy / RECORD_FILE).read_text() == records
     # As the tvm-tune stage calls it (dvc exp run -S tune.total_trials=...): the old records go, the new budget tunes.
-    again = tune_tvm.tune(module, TARGET, copy, 3, TRIALS_PER_TASK, population=POPULATION, seed=0, progress=False,
+    again = tune(module, TARGET, copy, 3, TRIALS_PER_TASK, population=POPULATION, seed=0, progress=False,
                           replace_other_settings=True)
-    assert again.tuned_tasks == 3 and len(tune_tvm.open_database(copy)) == again.trials < first.trials
-    assert json.loads((copy / tune_tvm.SETTINGS_FILE).read_text())["total_trials"] == 3
+    assert again.tuned_tasks == 3 and len(open_database(copy)) == again.trials < first.trials
+    assert json.loads((copy / SETTINGS_FILE).read_text())["total_trials"] == 3
 
 
 def test_an_unreadable_settings_file_is_named(tuned, module, tmp_path):
     folder, _ = tuned
     copy = tmp_path / "database"
     shutil.copytree(folder, copy)
-    (copy / tune_tvm.SETTINGS_FILE).write_text("{total_trials: 6")  # edited by hand
-    with pytest.raises(ValueError, match=f"^{copy / tune_tvm.SETTINGS_FILE}: not JSON"):
-        tune_tvm.tune(module, TARGET, copy, TOTAL_TRIALS, TRIALS_PER_TASK, population=POPULATION, seed=0,
+    (copy / SETTINGS_FILE).write_text("{total_trials: 6")  # edited by hand
+    with pytest.raises(ValueError, match=f"^{copy / SETTINGS_FILE}: not JSON"):
+        tune(module, TARGET, copy, TOTAL_TRIALS, TRIALS_PER_TASK, population=POPULATION, seed=0,
                       progress=False, replace_other_settings=True)
 
 
 def copy_with_failures(folder, copy, failed) -> tvm.s_tir.meta_schedule.Database:
     """A copy of the database in `folder` whose records of the workloads `failed(index)` picks are failures."""
     copy.mkdir()
-    shutil.copy(folder / tune_tvm.WORKLOAD_FILE, copy / tune_tvm.WORKLOAD_FILE)
+    shutil.copy(folder / WORKLOAD_FILE, copy / WORKLOAD_FILE)
     lines = []
-    for line in (folder / tune_tvm.RECORD_FILE).read_text().splitlines():
+    for line in (folder / RECORD_FILE).read_text().splitlines():
         workload_index, record = json.loads(line)
         if failed(workload_index):
-            record[1] = [tune_tvm.FAILED_RUN_S]  # run_secs, as MetaSchedule records a failed trial
+            record[1] = [FAILED_RUN_S]  # run_secs, as MetaSchedule records a failed trial
         lines.append(json.dumps([workload_index, record]))
-    (copy / tune_tvm.RECORD_FILE).write_text("\n".join(lines) + "\n")
-    return tune_tvm.open_database(copy)
+    (copy / RECORD_FILE).write_text("\n".join(lines) + "\n")
+    return open_database(copy)
 
 
 def test_a_kernel_whose_trials_all_failed_is_not_tuned_again(tuned, module, tmp_path):
     folder, _ = tuned
-    tasks = tune_tvm.extract_tasks(module, TARGET)
+    tasks = extract_tasks(module, TARGET)
     one_failed = copy_with_failures(folder, tmp_path / "one", lambda index: index == 0)
-    assert len(tune_tvm.untuned_tasks(tasks, one_failed, TARGET)) == 1  # it stays untuned ...
-    assert tune_tvm.tasks_to_tune(tasks, one_failed, TARGET) == []  # ... and a re-run does not retry it
-    assert sum(tune_tvm.recorded_trials(tasks, one_failed)) == len(one_failed)
+    assert len(untuned_tasks(tasks, one_failed, TARGET)) == 1  # it stays untuned ...
+    assert tasks_to_tune(tasks, one_failed, TARGET) == []  # ... and a re-run does not retry it
+    assert sum(recorded_trials(tasks, one_failed)) == len(one_failed)
     # Every trial failed: that run failed as a whole, so a re-run tunes every task again.
     all_failed = copy_with_failures(folder, tmp_path / "all", lambda index: True)
-    assert len(tune_tvm.tasks_to_tune(tasks, all_failed, TARGET)) == len(tasks)
+    assert len(tasks_to_tune(tasks, all_failed, TARGET)) == len(tasks)
 
 
 def test_a_record_cut_short_by_a_kill_is_dropped_and_the_rest_kept(tuned, module, tmp_path):
     folder, _ = tuned
     copy = tmp_path / "database"
     shutil.copytree(folder, copy)
-    records = (copy / tune_tvm.RECORD_FILE).read_text()
+    records = (copy / RECORD_FILE).read_text()
     complete = len(records.splitlines())
-    with open(copy / tune_tvm.RECORD_FILE, "a") as file:  # what MetaSchedule leaves when killed mid-append
+    with open(copy / RECORD_FILE, "a") as file:  # what MetaSchedule leaves when killed mid-append
         file.write(records.splitlines()[0][:40])
-    database = tune_tvm.open_database(copy)
+    database = open_database(copy)
     assert len(database) == complete
-    assert (copy / tune_tvm.RECORD_FILE).read_text() == records
-    assert tune_tvm.untuned_tasks(tune_tvm.extract_tasks(module, TARGET), database, TARGET) == []
+    assert (copy / RECORD_FILE).read_text() == records
+    assert untuned_tasks(extract_tasks(module, TARGET), database, TARGET) == []
 
 
 def test_the_curve_starts_once_every_task_is_timed_and_never_rises(tuned, module):
     folder, run = tuned
-    curve = tune_tvm.tuning_curve(folder, module, TARGET)
+    curve = tuning_curve(folder, module, TARGET)
     assert curve and curve[-1][0] == run.trials and curve[0][0] >= 3
     estimates = [ms for _, ms in curve]
     assert all(0 < later <= earlier for earlier, later in zip(estimates, estimates[1:]))
@@ -219,9 +244,9 @@ def test_the_curve_starts_once_every_task_is_timed_and_never_rises(tuned, module
 
 def test_the_curve_leaves_out_a_kernel_that_was_never_timed(tuned, module, tmp_path):
     folder, _ = tuned
-    full = tune_tvm.tuning_curve(folder, module, TARGET)
+    full = tuning_curve(folder, module, TARGET)
     copy_with_failures(folder, tmp_path / "one", lambda index: index == 0)
-    curve = tune_tvm.tuning_curve(tmp_path / "one", module, TARGET)
+    curve = tuning_curve(tmp_path / "one", module, TARGET)
     assert curve and curve[-1][0] == full[-1][0]  # a curve to the last trial, without the untimeable kernel
     assert all(0 < ms < full_ms for (_, ms), (_, full_ms) in zip(curve[::-1], full[::-1]))
 
@@ -229,16 +254,16 @@ def test_the_curve_leaves_out_a_kernel_that_was_never_timed(tuned, module, tmp_p
 def test_the_search_evolves_the_population_it_was_given(tuned, searches):
     assert searches == [{"population_size": POPULATION}]
     folder, _ = tuned
-    assert json.loads((folder / tune_tvm.SETTINGS_FILE).read_text())["population"] == POPULATION
+    assert json.loads((folder / SETTINGS_FILE).read_text())["population"] == POPULATION
 
 
 def test_a_database_tuned_with_other_settings_is_refused(tuned, module):
     folder, _ = tuned
     with pytest.raises(ValueError, match="seed: 0 there, 1 now"):
-        tune_tvm.tune(module, TARGET, folder, TOTAL_TRIALS, TRIALS_PER_TASK, population=POPULATION, seed=1,
+        tune(module, TARGET, folder, TOTAL_TRIALS, TRIALS_PER_TASK, population=POPULATION, seed=1,
                       progress=False)
-    with pytest.raises(ValueError, match=f"population: {POPULATION} there, {tune_tvm.DEFAULT_POPULATION} now"):
-        tune_tvm.tune(module, TARGET, folder, TOTAL_TRIALS, TRIALS_PER_TASK, seed=0, progress=False)
+    with pytest.raises(ValueError, match=f"population: {POPULATION} there, {DEFAULT_POPULATION} now"):
+        tune(module, TARGET, folder, TOTAL_TRIALS, TRIALS_PER_TASK, seed=0, progress=False)
 
 
 @pytest.mark.parametrize("total, per_task, match", [
@@ -249,14 +274,14 @@ def test_a_database_tuned_with_other_settings_is_refused(tuned, module):
 ])
 def test_a_bad_budget_is_refused_before_tuning(module, tmp_path, total, per_task, match):
     with pytest.raises(ValueError, match=match):
-        tune_tvm.tune(module, TARGET, tmp_path / "database", total, per_task, progress=False)
+        tune(module, TARGET, tmp_path / "database", total, per_task, progress=False)
     assert not (tmp_path / "database").exists()
 
 
 @pytest.mark.parametrize("population", [0, 1.5, True])
 def test_a_bad_population_is_refused_before_tuning(module, tmp_path, population):
     with pytest.raises(ValueError, match=f"population must be a positive integer, got {population!r}"):
-        tune_tvm.tune(module, TARGET, tmp_path / "database", TOTAL_TRIALS, TRIALS_PER_TASK, population=population,
+        tune(module, TARGET, tmp_path / "database", TOTAL_TRIALS, TRIALS_PER_TASK, population=population,
                       progress=False)
     assert not (tmp_path / "database").exists()
 
@@ -268,7 +293,7 @@ def test_a_bad_population_is_refused_before_tuning(module, tmp_path, population)
 ])
 def test_a_bad_target_is_refused_before_tuning(module, tmp_path, target, match):
     with pytest.raises(ValueError, match=match):
-        tune_tvm.tune(module, target, tmp_path / "database", TOTAL_TRIALS, TRIALS_PER_TASK, progress=False)
+        tune(module, target, tmp_path / "database", TOTAL_TRIALS, TRIALS_PER_TASK, progress=False)
 
 
 @pytest.mark.parametrize("target, num_cores, match", [
@@ -278,50 +303,50 @@ def test_a_bad_target_is_refused_before_tuning(module, tmp_path, target, match):
 ])
 def test_tuning_target_names_what_is_wrong(target, num_cores, match):
     with pytest.raises(ValueError, match=match):
-        tune_tvm.tuning_target(target, num_cores)
+        tuning_target(target, num_cores)
 
 
 def test_tuning_target_fills_in_the_cpu_and_cores():
-    filled = tune_tvm.tuning_target({"kind": "llvm"}, 3)
+    filled = tuning_target({"kind": "llvm"}, 3)
     assert filled["mcpu"] == str(tvm.target.codegen.llvm_get_system_cpu()) and filled["num-cores"] == 3
-    assert tune_tvm.tuning_target({"kind": "llvm", "num-cores": 1}, 3)["num-cores"] == 1
+    assert tuning_target({"kind": "llvm", "num-cores": 1}, 3)["num-cores"] == 1
 
 
 @pytest.mark.parametrize("tasks, total, per_task, expected", [
-    (29, 64, 32, tune_tvm.TrialPlan(total=64, per_task=32, per_iteration=2)),  # every task reached in round one
-    (29, 256, 32, tune_tvm.TrialPlan(total=256, per_task=32, per_iteration=8)),
-    (29, 5000, 32, tune_tvm.TrialPlan(total=928, per_task=32, per_iteration=32)),  # capped by trials_per_task
-    (1, 1000, 500, tune_tvm.TrialPlan(total=500, per_task=500, per_iteration=tune_tvm.MAX_TRIALS_PER_ITERATION)),
+    (29, 64, 32, TrialPlan(total=64, per_task=32, per_iteration=2)),  # every task reached in round one
+    (29, 256, 32, TrialPlan(total=256, per_task=32, per_iteration=8)),
+    (29, 5000, 32, TrialPlan(total=928, per_task=32, per_iteration=32)),  # capped by trials_per_task
+    (1, 1000, 500, TrialPlan(total=500, per_task=500, per_iteration=MAX_TRIALS_PER_ITERATION)),
 ])
 def test_the_trial_plan_shares_the_budget(tasks, total, per_task, expected):
-    assert tune_tvm.plan_trials(tasks, total, per_task) == expected
+    assert plan_trials(tasks, total, per_task) == expected
 
 
 @pytest.mark.parametrize("total, tasks, todo, expected", [(192, 32, 32, 192), (192, 32, 18, 108), (6, 3, 1, 2)])
 def test_kernels_the_database_covers_count_as_their_share_of_the_budget(total, tasks, todo, expected):
-    assert tune_tvm.module_share(total, tasks, todo) == expected
+    assert module_share(total, tasks, todo) == expected
 
 
 def test_the_trial_plan_keeps_batches_to_trials_per_iteration():
-    assert tune_tvm.plan_trials(36, 1152, 64, 8) == tune_tvm.TrialPlan(total=1152, per_task=64, per_iteration=8)
-    assert tune_tvm.plan_trials(36, 72, 64, 8).per_iteration == 2  # still reaches every task in round one
+    assert plan_trials(36, 1152, 64, 8) == TrialPlan(total=1152, per_task=64, per_iteration=8)
+    assert plan_trials(36, 72, 64, 8).per_iteration == 2  # still reaches every task in round one
     with pytest.raises(ValueError, match="trials_per_iteration must be a positive integer, got 0"):
-        tune_tvm.plan_trials(36, 72, 64, 0)
+        plan_trials(36, 72, 64, 0)
 
 
 def test_a_database_prefix_tunes_only_the_kernels_its_trials_reached(tuned, module, tmp_path):
-    from lprnet.tune_budget import truncate_database
+    from lprnet.pipeline.tune_budget import truncate_database
 
     folder, run = tuned
     truncate_database(folder, tmp_path / "first-batch", TRIALS_PER_TASK)  # the first task's batch
-    assert tune_tvm.count_tuned_kernels(tune_tvm.apply_database(module, TARGET, tmp_path / "first-batch")) == 1
+    assert count_tuned_kernels(apply_database(module, TARGET, tmp_path / "first-batch")) == 1
     truncate_database(folder, tmp_path / "all", run.trials)
-    assert (tmp_path / "all" / tune_tvm.RECORD_FILE).read_bytes() == (folder / tune_tvm.RECORD_FILE).read_bytes()
-    assert tune_tvm.count_tuned_kernels(tune_tvm.apply_database(module, TARGET, tmp_path / "all")) == 3
+    assert (tmp_path / "all" / RECORD_FILE).read_bytes() == (folder / RECORD_FILE).read_bytes()
+    assert count_tuned_kernels(apply_database(module, TARGET, tmp_path / "all")) == 3
 
 
 def test_seconds_at_is_when_the_batch_holding_the_trial_was_built():
-    from lprnet.tune_budget import seconds_at
+    from lprnet.pipeline.tune_budget import seconds_at
 
     timeline = [(8, 10.0), (16, 19.5), (24, 30.0)]
     assert [seconds_at(timeline, n) for n in (1, 8, 9, 24, 25)] == [10.0, 10.0, 19.5, 30.0, None]
@@ -331,14 +356,14 @@ def test_seconds_at_is_when_the_batch_holding_the_trial_was_built():
 
 def test_applying_a_missing_database_names_the_folder(module, tmp_path):
     with pytest.raises(FileNotFoundError, match="no MetaSchedule database"):
-        tune_tvm.apply_database(module, TARGET, tmp_path / "absent")
+        apply_database(module, TARGET, tmp_path / "absent")
 
 
 def test_importing_the_tensor_intrinsics_maps_the_importers_frames_without_inventing_source():
     import inspect
     import sys
 
-    tune_tvm.import_tensor_intrinsics()
+    import_tensor_intrinsics()
     assert tvm.s_tir.TensorIntrin.get("dot_16x4_vnni") is not None  # the x86 int8 intrinsics the rules may use
     # The importer's frames resolve from inspect's cache (no rescan of sys.modules), still without source lines.
     frame_code = compile("pass", "<frozen importlib._bootstrap>", "exec")
@@ -347,7 +372,7 @@ def test_importing_the_tensor_intrinsics_maps_the_importers_frames_without_inven
         inspect.findsource(frame_code)
 
 
-@pytest.mark.skipif(not tvm.target.codegen.target_has_features("avx512vnni", compile_tvm.parse_target(TARGET)),
+@pytest.mark.skipif(not tvm.target.codegen.target_has_features("avx512vnni", parse_target(TARGET)),
                     reason="this CPU has no AVX-512 VNNI")
 def test_an_int8_convolution_is_tuned_with_vnni_and_sums_exactly(tmp_path):
     """The convolution qdq_conv_to_integer writes (uint8 x int8, int32 sums), as the layout passes legalize it: every
@@ -361,15 +386,15 @@ def test_an_int8_convolution_is_tuned_with_vnni_and_sums_exactly(tmp_path):
             sums = relax.op.nn.conv2d(images, relax.const(weight), padding=1, out_dtype="int32")
             output = builder.emit_output(relax.op.permute_dims(sums, [0, 2, 3, 1]))
         builder.emit_func_output(output)
-    module = compile_tvm.apply_passes(builder.get(), compile_tvm.DEFAULT_LAYOUT_PASSES, compile_tvm.LAYOUT_PASSES,
+    module = apply_passes(builder.get(), PIPELINES["layout"],
                                       layout="NHWC")
-    run = tune_tvm.tune(module, TARGET, tmp_path / "database", 4, 4, progress=False)
+    run = tune(module, TARGET, tmp_path / "database", 4, 4, progress=False)
     assert run.failed_trials == 0
-    scheduled = tune_tvm.apply_database(module, TARGET, tmp_path / "database")
+    scheduled = apply_database(module, TARGET, tmp_path / "database")
     assert "llvm.x86.avx512.vpdpbusd.512" in scheduled.script()
     # A new process (a later stage, `dvc repro -f tvm-tune`) reads the database back: that needs the intrinsic too.
     read_back = subprocess.run([sys.executable, "-c", "import sys; from lprnet import tune_tvm; "
-                                "print(len(tune_tvm.open_database(sys.argv[1])))", str(tmp_path / "database")],
+                                "print(len(open_database(sys.argv[1])))", str(tmp_path / "database")],
                                capture_output=True, text=True, timeout=300)
     assert read_back.returncode == 0 and read_back.stdout.split()[-1] == str(run.trials), read_back.stderr[-2000:]
     data = rng.integers(0, 256, INPUT_SHAPE).astype(np.uint8)

@@ -1,0 +1,124 @@
+"""Labelled plate images: folders in the LPRNet_Pytorch convention, deterministic splits, and split files.
+
+A split file is an `.npz` with `images` (N,24,94,3) uint8 BGR and `labels` (N,) unicode strings, loaded without
+pickle. This module does not render plates (see synth.py) and does not normalise for a network beyond
+`to_network_input`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from lprnet.errors import InputError, MissingFileError
+from lprnet.io import atomic_path
+from lprnet.model.alphabet import Alphabet
+from lprnet.model.network import INPUT_HEIGHT, INPUT_WIDTH
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+MAX_PIXELS = 4096 * 4096  # a plate crop is tiny; a header claiming more is corrupt or hostile, not a plate
+
+
+def label_from_filename(name: str) -> str:
+    """'京PL3N67_1.jpg' -> '京PL3N67': the stem up to the first '-' or '_' (the LPRNet_Pytorch convention)."""
+    stem = Path(name).stem
+    return stem.split("-")[0].split("_")[0]
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read one image as (24, 94, 3) uint8 BGR; other sizes are resized with a warning."""
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise InputError(f"declares {image.width}x{image.height} pixels")
+            rgb = image.convert("RGB")
+            if rgb.size != (INPUT_WIDTH, INPUT_HEIGHT):
+                warnings.warn(f"{path}: {rgb.size[0]}x{rgb.size[1]} resized to {INPUT_WIDTH}x{INPUT_HEIGHT}",
+                              stacklevel=2)
+                rgb = rgb.resize((INPUT_WIDTH, INPUT_HEIGHT), Image.Resampling.BILINEAR)
+            pixels = np.asarray(rgb)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
+        raise InputError(f"{path}: unreadable image ({error})") from None
+    return np.ascontiguousarray(pixels[:, :, ::-1])
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MissingFileError(f"{folder}: no such folder of images")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise InputError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+    return files
+
+
+def load_folder(files: list[Path], alphabet: Alphabet) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of `files`; a label outside the alphabet or an unreadable file raises naming it."""
+    labels = []
+    for path in files:
+        label = label_from_filename(path.name)
+        try:
+            alphabet.encode(label)
+        except ValueError as error:
+            raise InputError(f"{path}: {error}") from None
+        if not label:
+            raise InputError(f"{path}: empty plate text in the file name")
+        labels.append(label)
+    images = np.stack([load_image(p) for p in files]) if files else empty_images()
+    return images, np.array(labels, dtype=str)
+
+
+def empty_images() -> np.ndarray:
+    return np.empty((0, INPUT_HEIGHT, INPUT_WIDTH, 3), dtype=np.uint8)
+
+
+def hash_split(name: str, fractions: dict[str, float]) -> str:
+    """Assign a file name to a split by its SHA-256: stable across machines, runs and folder contents."""
+    position = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big") / 2**64
+    edge = 0.0
+    for split, fraction in fractions.items():
+        edge += fraction
+        if position < edge:
+            return split
+    # A float sum just under 1 (or a position that rounds up to 1.0) must not reach a zero-fraction split.
+    return [split for split, fraction in fractions.items() if fraction > 0][-1]
+
+
+def save_split(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray) -> None:
+    assert images.dtype == np.uint8 and images.shape[1:] == (INPUT_HEIGHT, INPUT_WIDTH, 3), images.shape
+    assert len(images) == len(labels)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, images=images, labels=np.asarray(labels, dtype=str))
+
+
+def load_split(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    if not Path(path).is_file():
+        raise MissingFileError(f"{path}: no such split file (run `dvc repro data`)")
+    with np.load(path, allow_pickle=False) as f:
+        return f["images"], f["labels"]
+
+
+def to_network_input(images: np.ndarray) -> np.ndarray:
+    """(N,24,94,3) uint8 BGR -> (N,3,24,94) float32, the LPRNet_Pytorch normalisation (x - 127.5) / 128."""
+    return ((images.astype(np.float32) - 127.5) * 0.0078125).transpose(0, 3, 1, 2).copy()
+
+
+def load_prepared(folder: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """One split of the `data` stage's output folder."""
+    return load_split(Path(folder) / f"{split}.npz")
+
+
+def prepared_alphabet(folder: str | os.PathLike) -> Alphabet:
+    import json
+
+    from lprnet.model.alphabet import get_alphabet
+
+    path = Path(folder) / "alphabet.json"
+    if not path.is_file():
+        raise MissingFileError(f"{path}: missing (run `dvc repro data`)")
+    return get_alphabet(json.loads(path.read_text(encoding="utf-8"))["alphabet"])

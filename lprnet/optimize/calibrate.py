@@ -1,0 +1,299 @@
+"""Calibration for post-training static int8 quantization: activation statistics from the calibration split.
+
+`calibrate` traces LPRNet with PyTorch FX, inserts one observer per activation that the int8 model quantizes, runs
+the calibration images through it and returns the observers' statistics as a plain dict (tensors, numbers,
+strings) that `torch.load(weights_only=True)` reads back. Every observer records the same statistics, a
+2048-bin histogram over the exact [min, max] of the tensor; the calibration method is only the rule that turns
+them into a clipping range (`METHODS`), so one calibration pass serves every method.
+
+This file also decides which part of the network is int8 (`qconfig_mapping`), because the observed tensors, and
+so the artifact's keys, follow from that choice; quantize.py rebuilds exactly this graph. It does not convert to
+int8 or save int8 models (see quantize.py) and never sees the test split: the caller passes calibration images.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import operator
+import os
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.ao.quantization import QConfig, QConfigMapping
+from torch.ao.quantization.observer import HistogramObserver, PerChannelMinMaxObserver
+from torch.ao.quantization.quantize_fx import prepare_fx
+
+from lprnet.errors import InputError, MissingFileError
+from lprnet.io import save_torch_atomic
+from lprnet.model.data import to_network_input
+from lprnet.model.network import INPUT_HEIGHT, INPUT_WIDTH, LPRNet
+
+FORMAT = "lprnet-calibration/1"
+HISTOGRAM_BINS = 2048
+
+# Measured with the published weights, histogram method, on the 498 shared images (relative logit error vs fp32,
+# share of plates predicted as fp32 does). The global context stays float: its normalisation (square, per-sample
+# sum, division) has no int8 kernels anyway, and making the rest int8 (the two average pools, the concatenation of
+# four maps with unrelated ranges under one scale, `container`, the mean) raised the error 0.015 -> 0.023 and cost
+# 0.6 points of plate accuracy for no measurable speed (~2 % of the MACs). Three of the four context taps stay
+# int8 and are dequantized where they enter the pools.
+FLOAT_MODULES = ("pool_stem", "pool_block", "container") + (
+    # The fourth, block 3's output (last conv, batch norm, ReLU; 9 % of the MACs), stays float: the context reads
+    # all 256 of its channels, with values up to ~300, while the backbone reads only every 4th, all below ~10.
+    # One int8 scale for both leaves the backbone's channels about a dozen levels; in float, the channel-select
+    # pool's own int8 scale fits them. Error 0.038 -> 0.015, predictions equal to fp32's 94.6 % -> 97.6 %.
+    "backbone.11.block.6", "backbone.12", "backbone.13",
+)
+# Functions and tensor methods that appear only in the context arithmetic and the final mean (the backbone calls
+# modules and slices only), so setting them float by type touches nothing else.
+FLOAT_FUNCTIONS = ("pow", "sum", "mean", operator.mul, operator.truediv, torch.cat)
+
+# Full 8-bit activations, not PyTorch's x86 default of 7 bits (reduce_range): 7 bits raised the error 0.015 ->
+# 0.018 (-0.4 points; -5.4 points before block 3's output was kept float). The 7-bit default guards against int16
+# saturation in FBGEMM's u8 x s8 kernels on x86 CPUs without VNNI (AVX2 only); the CPU measured (AMD EPYC) has
+# AVX512-VNNI. For CPUs without VNNI set reduce_range=True here and re-measure.
+ACTIVATION_DTYPE_ARGS = {"dtype": torch.quint8, "qscheme": torch.per_tensor_affine, "reduce_range": False}
+WEIGHT_OBSERVER = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+
+
+class RangeObserver(HistogramObserver):
+    """A histogram over the exact [min, max] of everything observed; subclasses choose the quantization range
+    from it in `select_range`. All methods share this state, so any method's statistics load into any other."""
+
+    def __init__(self, **kwargs):
+        super().__init__(bins=HISTOGRAM_BINS, **kwargs)
+
+    def calculate_qparams(self):  # type: ignore[override]
+        if bool(self.min_val == float("inf")):
+            # PyTorch warns and returns scale 1; an unobserved activation means a broken calibration, so fail.
+            raise InputError("an activation observer saw no data: calibrate on at least one image")
+        low, high = self.select_range()
+        return self._calculate_qparams(low, high)
+
+    def select_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def bin_edge(self, index: int) -> torch.Tensor:
+        """The value at histogram bin boundary `index` (0 .. bins)."""
+        return self.min_val + (self.max_val - self.min_val) * (index / self.bins)
+
+
+class MinMaxRange(RangeObserver):
+    """The full observed range: no clipping, so one outlier widens every quantization step."""
+
+    def select_range(self):
+        return self.min_val, self.max_val
+
+
+class L2Range(RangeObserver):
+    """PyTorch's histogram search: the range minimising the expected L2 quantization error (clipping plus
+    rounding) under the histogram."""
+
+    def select_range(self):
+        return self._non_linear_param_search()
+
+
+class PercentileRange(RangeObserver):
+    """Clips each end of the histogram at a percentile: the lowest and the highest (100 - `percentile`) % of the
+    observed values fall outside the range."""
+
+    percentile = 99.99
+
+    def select_range(self):
+        cumulative = torch.cumsum(self.histogram.double(), 0)
+        tail = cumulative[-1] * (1 - self.percentile / 100)
+        low_bin = int(torch.searchsorted(cumulative, tail, right=True))
+        high_bin = int(torch.searchsorted(cumulative, cumulative[-1] - tail)) + 1
+        return self.bin_edge(low_bin), self.bin_edge(max(high_bin, low_bin + 1))
+
+
+class EntropyRange(RangeObserver):
+    """The TensorRT / MXNet KL-divergence rule: the upper clip whose int8 rendering of the histogram loses the
+    least information. Only the upper end is searched; every activation quantized here but the network input is a
+    ReLU output starting at 0, and the input's range is fixed by the normalisation. Known weakness: on sparse,
+    few-valued histograms (a random network's class scores) the search clips far too much."""
+
+    def select_range(self):
+        levels = self.quant_max - self.quant_min + 1
+        histogram = self.histogram.double().numpy().copy()
+        if self.min_val >= 0:
+            # A ReLU output's first bin holds its exact zeros (often most of the tensor), which int8 represents
+            # exactly; left in, that spike dominates the divergence and the search clips far too much. Flatten it
+            # to its neighbour, as NVIDIA's pytorch-quantization entropy calibrator does.
+            histogram[0] = histogram[1]
+        end_bin = kl_optimal_end_bin(histogram, levels)
+        return self.min_val, self.bin_edge(end_bin)
+
+
+def kl_optimal_end_bin(histogram: np.ndarray, levels: int) -> int:
+    """The bin count i (levels <= i <= len(histogram)) minimising KL(P_i || Q_i), where P_i is the histogram cut
+    at i with the cut-off mass added to its last bin and Q_i is P_i's first i bins merged into `levels` groups
+    and spread back over their non-empty bins."""
+    total_bins = len(histogram)
+    if total_bins <= levels:
+        return total_bins
+    best_bins, best_divergence = total_bins, float("inf")
+    tail_mass = np.concatenate([np.cumsum(histogram[::-1])[::-1], [0.0]])  # tail_mass[i] = histogram[i:].sum()
+    for bins in range(levels, total_bins + 1):
+        kept = histogram[:bins]
+        reference = kept.copy()
+        reference[-1] += tail_mass[bins]
+        nonzero = reference > 0
+        group_starts = np.arange(levels) * bins // levels  # equal groups, within one bin
+        group_mass = np.add.reduceat(kept, group_starts)
+        group_nonzero = np.add.reduceat(nonzero.astype(np.float64), group_starts)
+        group_of_bin = np.searchsorted(group_starts, np.arange(bins), side="right") - 1
+        spread = np.where(group_nonzero > 0, group_mass / np.maximum(group_nonzero, 1), 0.0)
+        candidate = np.where(nonzero, spread[group_of_bin], 0.0)
+        divergence = kl_divergence(reference, candidate)
+        if divergence < best_divergence:
+            best_bins, best_divergence = bins, divergence
+    return best_bins
+
+
+def kl_divergence(reference: np.ndarray, candidate: np.ndarray, eps: float = 1e-4) -> float:
+    """KL(p || q) of two unnormalised histograms, both smoothed so that q is non-zero wherever p is (as MXNet
+    does: a bin that held mass in the reference but none after merging would make the divergence infinite)."""
+    p = smooth(reference / reference.sum(), eps)
+    q = smooth(candidate / max(candidate.sum(), 1e-30), eps)
+    support = p > 0
+    return float(np.sum(p[support] * np.log(p[support] / np.maximum(q[support], 1e-30))))
+
+
+def smooth(distribution: np.ndarray, eps: float) -> np.ndarray:
+    zero = distribution == 0
+    zeros, nonzeros = int(zero.sum()), int((~zero).sum())
+    if zeros == 0 or nonzeros == 0:
+        return distribution
+    taken = eps * zeros / nonzeros
+    return np.where(zero, eps, distribution - taken).clip(min=0)
+
+
+METHODS: dict[str, type[RangeObserver]] = {
+    "minmax": MinMaxRange,
+    "histogram": L2Range,
+    "percentile": PercentileRange,
+    "entropy": EntropyRange,
+}
+DEFAULT_METHOD = "histogram"
+
+
+def get_method(name: str) -> type[RangeObserver]:
+    if name not in METHODS:
+        raise InputError(f"unknown calibration method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def qconfig_mapping(method: str) -> QConfigMapping:
+    """int8 everywhere (conv + batch norm + ReLU fused, per-channel symmetric weights, per-tensor activations
+    ranged by `method`) except the global context and block 3's output, which stay float."""
+    activation = get_method(method).with_args(**ACTIVATION_DTYPE_ARGS)
+    return int8_except_float_parts(QConfig(activation=activation, weight=WEIGHT_OBSERVER))
+
+
+def int8_except_float_parts(qconfig: QConfig) -> QConfigMapping:
+    """`qconfig` everywhere but FLOAT_FUNCTIONS and FLOAT_MODULES, which stay float (also for QAT, see qat.py)."""
+    mapping = QConfigMapping().set_global(qconfig)
+    for function in FLOAT_FUNCTIONS:
+        mapping.set_object_type(function, None)
+    for name in FLOAT_MODULES:
+        mapping.set_module_name(name, None)
+    return mapping
+
+
+@contextmanager
+def quiet_torch_ao():
+    """Silence torch.ao.quantization's deprecation notices (FX quantization is deprecated upstream in favour of
+    torchao's pt2e flow but present and working in the pinned torch); every other warning still shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated")
+        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel")
+        # torch.load's own rebuilding of quantized tensors still goes through TypedStorage.
+        warnings.filterwarnings("ignore", message=r"TypedStorage is deprecated")
+        yield
+
+
+def prepare_observed(model: LPRNet, method: str) -> torch.fx.GraphModule:
+    """An FX copy of `model` (the model itself is untouched) with conv-bn-relu fused and an observer on every
+    activation the int8 model quantizes."""
+    example = (torch.zeros(1, 3, INPUT_HEIGHT, INPUT_WIDTH),)
+    with quiet_torch_ao():
+        return prepare_fx(copy.deepcopy(model).eval(), qconfig_mapping(method), example)
+
+
+def observers(prepared: torch.fx.GraphModule) -> dict[str, RangeObserver]:
+    """Observer modules keyed by the name of the graph node they observe ('x', 'backbone_0', ...): stable for a
+    given architecture, and readable. An observer shared by two nodes (a max pool reuses its input's) appears once,
+    under the first."""
+    found: dict[str, RangeObserver] = {}
+    for node in prepared.graph.nodes:
+        if node.op != "call_module":
+            continue
+        module = prepared.get_submodule(node.target)
+        if isinstance(module, torch.ao.quantization.ObserverBase):
+            assert isinstance(module, RangeObserver), f"{node.target} is a {type(module).__name__}"
+            if all(module is not seen for seen in found.values()):
+                found[node.args[0].name] = module
+    return found
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 of the state dict: calibration statistics are only valid for the weights they were measured on."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def calibrate(model: LPRNet, images: np.ndarray, method: str, batch_size: int = 32) -> dict:
+    """Observe every quantized activation of `model` on (N,24,94,3) uint8 BGR calibration images.
+
+    Returns {format, method, num_images, model_sha256, observers: {node: {min_val, max_val, histogram}}}."""
+    get_method(method)
+    if images.ndim != 4 or images.shape[1:] != (INPUT_HEIGHT, INPUT_WIDTH, 3) or images.dtype != np.uint8:
+        raise InputError(f"calibration images must be (N,{INPUT_HEIGHT},{INPUT_WIDTH},3) uint8, got "
+                         f"{images.shape} {images.dtype}")
+    if len(images) == 0:
+        raise InputError("no calibration images")
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
+    prepared = prepare_observed(model, method)
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            prepared(torch.from_numpy(to_network_input(images[start:start + batch_size])))
+    statistics = {name: {key: value.detach().clone() for key, value in observer.state_dict().items()}
+                  for name, observer in observers(prepared).items()}
+    return {"format": FORMAT, "method": method, "num_images": len(images), "model_sha256": model_fingerprint(model),
+            "observers": statistics}
+
+
+def save_calibration(path: str | os.PathLike, calibration: dict) -> None:
+    check_calibration(calibration, path)
+    save_torch_atomic(path, calibration)
+
+
+def load_calibration(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path}: no such calibration file")
+    with quiet_torch_ao():
+        calibration = torch.load(path, map_location="cpu", weights_only=True)
+    check_calibration(calibration, path)
+    return calibration
+
+
+def check_calibration(calibration, source, model: torch.nn.Module | None = None) -> None:
+    """Fails unless `calibration` is a calibration artifact (and, given `model`, was measured on its weights)."""
+    if not isinstance(calibration, dict) or calibration.get("format") != FORMAT:
+        found = calibration.get("format") if isinstance(calibration, dict) else type(calibration).__name__
+        raise InputError(f"{source}: not a calibration artifact (format {found!r}, expected {FORMAT!r})")
+    get_method(calibration["method"])
+    if not isinstance(calibration.get("observers"), dict) or not calibration["observers"]:
+        raise InputError(f"{source}: the calibration artifact has no observer statistics")
+    if model is not None and calibration.get("model_sha256") != model_fingerprint(model):
+        raise InputError(f"{source}: measured on different weights than this model's; recalibrate")

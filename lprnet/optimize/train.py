@@ -1,0 +1,179 @@
+"""CTC training, fine-tuning and distillation of LPRNet on in-memory splits.
+
+`train_ctc` fits the labels; `distill` fits a teacher model's per-frame output distributions instead. Both use
+AdamW with a one-cycle learning-rate schedule, periodic validation on a held-out split (never the test split),
+early stop when validation accuracy has not improved for `patience` checks, and the best weights restored at the
+end (with `keep_start`, the starting weights compete too). Channels-last memory format: ~1.5x faster
+training on this CPU. Does not load or save files.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lprnet.model.alphabet import Alphabet
+from lprnet.model.data import to_network_input
+from lprnet.model.network import SEQUENCE_LENGTH, LPRNet
+from lprnet.runtime.evaluate import evaluate
+from lprnet.runtime.torch_runtime import TorchPredictor
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = 2.0
+    steps: int = 0  # when > 0, the number of optimizer steps (overrides epochs), as for fine-tuning
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    eval_every: int = 200  # steps between validations
+    patience: int = 5  # validations without improvement before stopping
+    seed: int = 0
+    threads: int = 2
+    # Fine-tuning: validate the starting weights too (history row at step 0) and return them when no later validation
+    # beats them, so fine-tuning cannot make a model worse on the validation split than it started.
+    keep_start: bool = False
+
+
+def ctc_loss(logits: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor, blank: int):
+    log_probs = logits.permute(2, 0, 1).log_softmax(2)  # (T, N, C)
+    input_lengths = torch.full((logits.shape[0],), SEQUENCE_LENGTH, dtype=torch.long)
+    return torch.nn.functional.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=blank,
+                                        zero_infinity=True)
+
+
+def encode_labels(labels, alphabet: Alphabet) -> tuple[torch.Tensor, torch.Tensor]:
+    encoded = [alphabet.encode(str(label)) for label in labels]
+    lengths = torch.tensor([len(e) for e in encoded], dtype=torch.long)
+    return torch.tensor([c for e in encoded for c in e], dtype=torch.long), lengths
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL divergence from the teacher's to the student's class distribution at `temperature`, per frame (dim 1 holds
+    the classes), averaged over frames and images and scaled by temperature^2 so that gradients keep their size."""
+    frames = student_logits.shape[0] * student_logits.shape[2]
+    return torch.nn.functional.kl_div(student_logits.div(temperature).log_softmax(1),
+                                      teacher_logits.div(temperature).log_softmax(1), log_target=True,
+                                      reduction="sum") * temperature**2 / frames
+
+
+# Distillation's input jitter, as shares of the image (shifts), radians, and the (x - 127.5) / 128 value scale.
+# Why by hand: torchvision is not a dependency, and these few lines act on a whole float batch at once.
+MAX_ROTATION = math.radians(4.0)
+MAX_SCALE_CHANGE = 0.075
+MAX_SHIFT = (0.04, 0.1)  # x, y
+MAX_CONTRAST_CHANGE = 0.25
+MAX_BRIGHTNESS_SHIFT = 0.2
+MAX_NOISE = 0.08
+
+
+def augment(images: torch.Tensor) -> torch.Tensor:
+    """A random similarity transform, contrast, brightness and Gaussian noise per image, from torch's global RNG."""
+    n, _, height, width = images.shape
+    angle = (torch.rand(n) * 2 - 1) * MAX_ROTATION
+    scale = 1 + (torch.rand(n) * 2 - 1) * MAX_SCALE_CHANGE
+    shift_x, shift_y = ((torch.rand(n) * 2 - 1) * limit for limit in MAX_SHIFT)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    # affine_grid works in [-1, 1] coordinates on both axes: the aspect ratio enters the rotation's off-diagonal.
+    theta = torch.stack([torch.stack([cos, -sin * height / width, shift_x], 1),
+                         torch.stack([sin * width / height, cos, shift_y], 1)], 1)
+    grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
+    images = torch.nn.functional.grid_sample(images, grid, padding_mode="border", align_corners=False)
+    contrast = 1 + (torch.rand(n, 1, 1, 1) * 2 - 1) * MAX_CONTRAST_CHANGE
+    brightness = (torch.rand(n, 1, 1, 1) * 2 - 1) * MAX_BRIGHTNESS_SHIFT
+    noise = torch.randn(images.shape) * torch.rand(n, 1, 1, 1) * MAX_NOISE
+    return images * contrast + brightness + noise
+
+
+def train_ctc(model: LPRNet, alphabet: Alphabet, train: tuple[np.ndarray, np.ndarray],
+              validation: tuple[np.ndarray, np.ndarray], config: TrainConfig) -> list[dict]:
+    """Train `model` in place on the labels (CTC loss, batch norm in train mode); return the history, one row per
+    validation."""
+    def batch_loss(x: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
+        targets, lengths = encode_labels(labels, alphabet)
+        model.train()
+        return ctc_loss(model(x), targets, lengths, alphabet.blank)
+
+    return _fit(model, alphabet, train, validation, config, batch_loss, "train")
+
+
+def distill(model: LPRNet, teacher: torch.nn.Module, alphabet: Alphabet, train: tuple[np.ndarray, np.ndarray],
+            validation: tuple[np.ndarray, np.ndarray], config: TrainConfig, temperature: float = 2.0) -> list[dict]:
+    """Train `model` in place to reproduce `teacher`'s per-frame outputs on augmented training images (the labels
+    are not read: the teacher's distributions carry more than a plate text, and they make every augmented image
+    a target); return the history, one row per validation (on the labels).
+
+    Batch norm stays frozen (eval mode): the published weights' running statistics are far from their batch
+    statistics, and in train mode a student pruned by 0.5 reached 33 % validation accuracy after 800 steps,
+    against 75 % with frozen statistics (one scratch run each, half of every batch synthetic plates)."""
+    teacher = teacher.eval()
+
+    def batch_loss(x: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
+        x = augment(x)
+        with torch.no_grad():
+            target = teacher(x)
+        model.eval()
+        return distillation_loss(model(x), target, temperature)
+
+    return _fit(model, alphabet, train, validation, config, batch_loss, "distill")
+
+
+def _fit(model: LPRNet, alphabet: Alphabet, train: tuple[np.ndarray, np.ndarray],
+         validation: tuple[np.ndarray, np.ndarray], config: TrainConfig, batch_loss, description: str) -> list[dict]:
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)
+    generator = np.random.default_rng(config.seed)
+    images, labels = train
+    steps_per_epoch = math.ceil(len(images) / config.batch_size)
+    total_steps = config.steps if config.steps > 0 else max(1, round(config.epochs * steps_per_epoch))
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps,
+                                                   pct_start=0.15)
+    history, best_accuracy, best_state, stale = [], -1.0, None, 0
+    if config.keep_start:
+        # Why: the published LPRNet weights carry batch-norm running statistics far from their batch statistics on
+        # plates (the stem's are still mean 0, variance 1), so in train mode they compute another function: 300
+        # fine-tuning steps on 145 plates ended at 0 % validation accuracy where the start, pruned by 0.3, had 90 %.
+        start = evaluate(TorchPredictor(model, alphabet), *validation, batch_size=128)
+        history.append({"step": 0, "epoch": 0.0, "train_loss": float("nan"), "val_accuracy": start["accuracy"],
+                        "val_char_accuracy": start["char_accuracy"], "lr": schedule.get_last_lr()[0]})
+        best_accuracy = start["accuracy"]
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    running_loss, order = [], np.array([], dtype=int)
+    progress = tqdm(range(1, total_steps + 1), desc=description, mininterval=5)
+    for step in progress:
+        if len(order) < config.batch_size:
+            order = np.concatenate([order, generator.permutation(len(images))])
+        batch, order = order[:config.batch_size], order[config.batch_size:]
+        x = torch.from_numpy(to_network_input(images[batch])).to(memory_format=torch.channels_last)
+        loss = batch_loss(x, labels[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        running_loss.append(loss.item())
+        if step % config.eval_every == 0 or step == total_steps:
+            result = evaluate(TorchPredictor(model, alphabet), *validation, batch_size=128)
+            row = {"step": step, "epoch": step / steps_per_epoch, "train_loss": float(np.mean(running_loss)),
+                   "val_accuracy": result["accuracy"], "val_char_accuracy": result["char_accuracy"],
+                   "lr": schedule.get_last_lr()[0]}
+            history.append(row)
+            running_loss = []
+            progress.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_accuracy']:.3f}")
+            if result["accuracy"] > best_accuracy:
+                best_accuracy, stale = result["accuracy"], 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+                if stale >= config.patience:
+                    progress.write(f"early stop at step {step}: no improvement in {stale} validations")
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.to(memory_format=torch.contiguous_format).eval()
+    return history

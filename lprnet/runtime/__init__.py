@@ -1,0 +1,1 @@
+"""Running artifacts: one Predictor per runtime (PyTorch, ONNX Runtime, TVM), evaluation, benchmarking, metrics."""

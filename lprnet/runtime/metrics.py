@@ -1,0 +1,57 @@
+"""The metrics schema: one flat dict per artifact with units in the key names, the same keys in every stage.
+
+Keys: accuracy, char_accuracy, num_images (evaluate.py); latency_ms_p50, latency_ms_p90, throughput_ips,
+throughput_batch, threads (bench.py); size_bytes, params, macs (here). Does not write files (see io.py).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from lprnet.model.network import INPUT_HEIGHT, INPUT_WIDTH
+from lprnet.runtime.bench import BenchConfig, measure_speed
+from lprnet.runtime.evaluate import evaluate, score
+from lprnet.runtime.predictor import Predictor
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: torch.nn.Module) -> int:
+    """Multiply-accumulates of one batch-1 forward pass, from PyTorch's own FLOP counter (2 FLOPs per MAC)."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model.eval()(torch.zeros(1, 3, INPUT_HEIGHT, INPUT_WIDTH))
+    return counter.get_total_flops() // 2
+
+
+def model_stats(model: torch.nn.Module) -> dict:
+    return {"params": count_params(model), "macs": count_macs(model)}
+
+
+def artifact_size(artifact: str | os.PathLike) -> int:
+    """Bytes of a model file, or of every file in an artifact folder."""
+    path = Path(artifact)
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def artifact_metrics(predictor: Predictor, artifact: str | os.PathLike, images: np.ndarray, labels,
+                     config: BenchConfig, source: torch.nn.Module | None = None,
+                     texts: list[str] | None = None) -> dict:
+    """Accuracy on (images, labels), speed, and size of one artifact: the common metrics of every stage.
+
+    `params` and `macs` are counted on the PyTorch model: the predictor's own, or `source` for a compiled one.
+    `texts`, when the caller already has the predictor's plates for `images`, saves a pass over them."""
+    metrics = score(texts, labels) if texts is not None else evaluate(predictor, images, labels, config.eval_batch)
+    metrics.update(measure_speed(predictor, config))
+    metrics["size_bytes"] = artifact_size(artifact)
+    model = source if source is not None else getattr(predictor, "model", None)
+    if isinstance(model, torch.nn.Module):
+        metrics.update(model_stats(model))
+    return metrics

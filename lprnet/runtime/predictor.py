@@ -1,0 +1,61 @@
+"""The Predictor protocol: one call for every runtime, images (N,3,24,94) float32 -> logits (N,C,18) float32.
+
+Each runtime has its module: torch_runtime.py, onnx_runtime.py, tvm_runtime.py. Evaluation and benchmarking take a
+Predictor and never branch on the runtime. `load_predictor` picks the runtime from the artifact: a .onnx file, a TVM
+artifact folder, or a PyTorch file, and imports only that runtime. Does not decode or score (see evaluate.py).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from lprnet.errors import InputError, MissingFileError
+from lprnet.model.alphabet import Alphabet
+from lprnet.model.network import INPUT_HEIGHT, INPUT_WIDTH
+
+
+class Predictor(Protocol):
+    name: str
+    alphabet: Alphabet
+
+    def __call__(self, images: np.ndarray) -> np.ndarray: ...
+
+
+def load_predictor(path: str | os.PathLike, threads: int | None = None, alphabet: Alphabet | None = None
+                   ) -> Predictor:
+    """A predictor for any artifact the pipeline writes, or an LPRNet_Pytorch state dict."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingFileError(f"{path}: no such artifact")
+    if path.is_dir():
+        from lprnet.compile.tvm.artifact import is_tvm_artifact
+        from lprnet.runtime.tvm_runtime import TVMPredictor
+
+        if not is_tvm_artifact(path):
+            raise InputError(f"{path}: a folder without a TVM manifest.json")
+        return TVMPredictor(path, threads)
+    if path.suffix == ".onnx":
+        from lprnet.runtime.onnx_runtime import OnnxRuntimePredictor
+
+        return OnnxRuntimePredictor(path, threads)
+    from lprnet.model.checkpoint import load_model
+    from lprnet.optimize.quantize import is_quantized_artifact, load_quantized
+    from lprnet.runtime.torch_runtime import TorchPredictor
+
+    if is_quantized_artifact(path):
+        model, saved = load_quantized(path)
+        if alphabet is not None and alphabet != saved:
+            raise InputError(f"{path}: the int8 model's alphabet is {saved.name!r}, not {alphabet.name!r}")
+        return TorchPredictor(model, saved, threads)
+    model, alphabet = load_model(path, alphabet)
+    return TorchPredictor(model, alphabet, threads)
+
+
+def example_input(batch: int = 1, seed: int = 0) -> np.ndarray:
+    """A deterministic normalised input batch for timing and parity checks."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-1, 1, size=(batch, 3, INPUT_HEIGHT, INPUT_WIDTH)).astype(np.float32)
