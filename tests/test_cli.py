@@ -7,10 +7,12 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from lprnet.__main__ import main
 from lprnet.model.checkpoint import save_model
 from lprnet.model.data import list_images
+from tests.conftest import repo_params
 
 
 @pytest.fixture
@@ -60,11 +62,10 @@ def test_published_weights_reach_the_reference_accuracy_at_any_batch(published_w
     assert accuracies == [445 / 498, 445 / 498]
 
 
-TUNE_BUDGET_PARAMS = """bench: {threads: 2}
-tvm: {target: {kind: llvm}}
-tune: {total_trials: 0, trials_per_task: 12, trials_per_iteration: 3, population: 16, seed: 5,
-       weight_layout_rewrite: true}
-"""
+TUNE_BUDGET_PARAMS = yaml.safe_dump({
+    "bench": repo_params("bench"), "tvm": repo_params("tvm"),
+    "tune": {**repo_params("tune"), "total_trials": 0, "trials_per_task": 12, "trials_per_iteration": 3,
+             "population": 16, "seed": 5, "weight_layout_rewrite": True}})
 
 
 @pytest.mark.parametrize("extra, message", [

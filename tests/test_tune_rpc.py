@@ -173,5 +173,6 @@ def test_the_stage_refuses_inconsistent_rpc_params_in_one_line(tmp_path, tracker
     command += [arg for name in paths for arg in (f"--{name}", str(tmp_path / name))]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 1
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"error: {message}"), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: {tmp_path / 'params.yaml'}: {message}"), result.stderr
     assert not any((tmp_path / name).exists() for name in paths)

@@ -31,9 +31,8 @@ def plan_trials(num_tasks: int, total_trials: int, trials_per_task: int,
     The gradient-based scheduler first gives every task one batch of `per_iteration` candidates in turn, then spends
     the rest of the budget, a batch at a time, on the tasks whose best latency improves most. A batch is at most
     `trials_per_iteration` and at most total_trials // num_tasks, so that the first round reaches every task before
-    the budget runs out. Each batch costs a round of evolutionary search, whatever its size: about 8 s here with
-    MetaSchedule's default population of 512, about 5 s less with 128 (see DEFAULT_POPULATION), on top of about 0.5 s
-    per candidate to build and time (timed once on four LPRNet kernels): small batches spend the time searching.
+    the budget runs out. Each batch costs a round of evolutionary search, whatever its size, on top of building and
+    timing each candidate: small batches spend more of the time searching (docs/tuning.md).
     """
     for name, value in (("total_trials", total_trials), ("trials_per_task", trials_per_task),
                         ("trials_per_iteration", trials_per_iteration)):
@@ -51,11 +50,8 @@ def module_share(total_trials: int, num_tasks: int, num_todo: int) -> int:
     """The trials for `num_todo` of a module's `num_tasks` kernels when `total_trials` is the whole module's budget:
     kernels the database already has records for (e.g. the int8 module's pools and slices, which the fp32 module's
     tuning covered) count as tuned, and the rest get their share, so that every kernel gets about the same budget.
-
-    Before, the default int8 module's 14 integer convolutions and 4 other new kernels got the fp32 module's whole
-    budget, 192 trials for 18 of its 32 kernels; with VNNI schedules (tensorized during the search, longer to compile)
-    an int8 trial costs about twice an fp32 one, so that took 6.8 min, 3 more than before, which the default run's
-    25 minutes have no room for."""
+    Without it the int8 module's new kernels would get the whole module's budget, and its VNNI trials (tensorized
+    during the search) cost more than fp32 ones."""
     return math.ceil(total_trials * num_todo / num_tasks)
 
 

@@ -54,10 +54,9 @@ from lprnet.io import write_text_atomic
 logger = logging.getLogger(__name__)
 
 # Candidate schedules the evolutionary search keeps and mutates in each round, scored by the cost model. MetaSchedule's
-# default is 512; the search then takes about 8 s per round here, more than building and timing a batch of 8
-# candidates. On the fp32 LPRNet (288 trials, at most 64 per task, 8 per round; a scratch run with 128, the README's
-# population-512 budget study) 128 reached the same latency as 512 (2.00 against 1.98 ms) in 3.6 min instead of 6.9;
-# rounds that cheap pay for batches of 4 (README, Tuning budget).
+# default is 512, whose search round costs more here than building and timing a small batch of candidates; 128
+# reached the same tuned latency on LPRNet in about half the time (docs/tuning.md), which is what pays for small
+# batches. The pipeline's value is params.yaml's tune.population; this is the library default.
 DEFAULT_POPULATION = 128
 
 
@@ -266,14 +265,37 @@ def tune(mod: tvm.IRModule, target: dict, work_dir: str | os.PathLike, total_tri
 class TuneParams:
     """params.yaml's `tune` section: the tvm-tune stage's settings, and `tune-budget`'s defaults."""
 
-    total_trials: int  # per precision, shared among its kernels (tasks); at least one per task
+    total_trials: int  # per precision, shared among its kernels (tasks); 0: no tuning (builds the module as it is)
     trials_per_task: int  # at most this many for any one task
-    trials_per_iteration: int  # candidates per task and search round (see plan_trials)
-    population: int = DEFAULT_POPULATION  # the evolutionary search's, per task and round
-    seed: int = 0
-    weight_layout_rewrite: bool = False  # schedules may choose each weight's layout (tuning_module)
-    rpc_tracker: str = ""  # "host:port" of a TVM RPC tracker; "": time candidates on this machine
-    rpc_key: str = ""  # the device key of the tracker's servers
+    trials_per_iteration: int  # candidates per task and search round (see budget.plan_trials)
+    population: int  # the evolutionary search's, per task and round
+    seed: int
+    weight_layout_rewrite: bool  # schedules may choose each weight's layout (tuning_module)
+    rpc_tracker: str  # "host:port" of a TVM RPC tracker; "": time candidates on this machine
+    rpc_key: str  # the device key of the tracker's servers
+
+    def __post_init__(self):
+        if isinstance(self.total_trials, bool) or not isinstance(self.total_trials, int) or self.total_trials < 0:
+            raise InputError(f"tune.total_trials must be 0 (no tuning) or a positive integer, got "
+                             f"{self.total_trials!r}")
+        for key in ("trials_per_task", "trials_per_iteration", "population"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"tune.{key} must be a positive integer, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**31 - 1:
+            raise InputError(f"tune.seed must be an integer in [0, 2**31 - 1), got {self.seed!r}")
+        if self.rpc_key and not self.rpc_tracker:
+            raise InputError(f"tune.rpc_key is {self.rpc_key!r} but tune.rpc_tracker is empty: set both to time "
+                             f"candidates on RPC servers, or neither")
+        if self.rpc_tracker and not self.rpc_key:
+            raise InputError(f"tune.rpc_key is empty: with tune.rpc_tracker {self.rpc_tracker!r} it must name the "
+                             f"device key the RPC servers registered with")
+        self.rpc  # noqa: B018  (a malformed tracker address fails here, named)
+
+    @property
+    def rpc(self) -> RPCTarget | None:
+        """Where candidates are timed: None for this machine."""
+        return RPCTarget.parse(self.rpc_tracker, self.rpc_key) if self.rpc_tracker else None
 
 
 # ---------------------------------------------------------------------------------------------------------- apply

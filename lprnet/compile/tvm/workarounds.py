@@ -34,8 +34,8 @@ WORKER_USES = 64  # builds per builder worker process before it is replaced (see
 def build_without_tensor_intrinsics(mod: tvm.IRModule, target: tvm.target.Target, _params=None) -> tvm.runtime.Module:
     """MetaSchedule's default build function minus its `import tvm.s_tir.tensor_intrin`.
 
-    That import registers every tensor intrinsic TVM has and takes 25-40 s, in each builder worker process (the
-    LocalBuilder starts fresh ones for every batch), so with the default 30 s limit every candidate timed out. A
+    That import registers every tensor intrinsic TVM has and takes tens of seconds, in each builder worker process
+    (the LocalBuilder starts fresh ones for every batch), so within the build time-out every candidate timed out. A
     candidate only needs the intrinsics while it is scheduled (in this process), not when it is compiled.
     """
     from tvm.driver import build
@@ -52,11 +52,9 @@ def import_tensor_intrinsics() -> None:
     Written by hand because the cost is in CPython's inspect, which no library setting reaches: each of the ~250
     TVMScript kernels in that package calls `inspect.stack()`, which looks up the module of every frame on the stack,
     and for the importer's own frames (file name "<frozen importlib._bootstrap>", no file on disk)
-    `inspect.getmodule` finds no module and rescans all of `sys.modules`, every time. That took 30 s after importing
-    torch, ONNX and DVC (5 s with the names mapped); inside the test session test_tune_rpc's tuning fixture took
-    116-159 s with the import as it was, 30 s with the names mapped. Mapping each frozen
-    module's file name to it in inspect's cache answers those look-ups at once; the frames still have no source
-    lines, as before, so TVM sees the same stacks.
+    `inspect.getmodule` finds no module and rescans all of `sys.modules`, every time, which grows with every package
+    imported before (torch, ONNX, DVC). Mapping each frozen module's file name to it in inspect's cache answers
+    those look-ups at once; the frames still have no source lines, as before, so TVM sees the same stacks.
     """
     import inspect
     import sys
@@ -110,10 +108,9 @@ class PooledBuilder(PyBuilder):
     bar by each batch it builds (the runner times the batch right after).
 
     LocalBuilder starts a fresh pool for every batch (against a memory leak of long-lived workers), and each worker
-    imports TVM first: measured here on four kernels, rounds of 2 candidates took 9.5 s instead of 11 s with the pool
-    kept. Here a worker is replaced after WORKER_USES builds instead. The bar is advanced here because the scheduler
-    hands results to the measure callbacks only once every task has had its first batch: with 36 tasks it would
-    stand still for minutes."""
+    imports TVM first, which costs seconds per round. Here a worker is replaced after WORKER_USES builds instead. The
+    bar is advanced here because the scheduler hands results to the measure callbacks only once every task has had
+    its first batch: with dozens of tasks it would stand still for minutes."""
 
     def __init__(self, max_workers: int, timeout_sec: float, bar, start: float):
         super().__init__()
