@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from lprnet.compile.tvm.artifact import save_artifact
-from lprnet.compile.tvm.build import build, detect_target
+from lprnet.compile.tvm.build import build, detect_target, parse_target
 from lprnet.compile.tvm.frontend import module_alphabet_name, module_input_shape, save_ir
 from lprnet.compile.tvm.passes import apply_passes, count_ops, make_passes, resolve_pipeline
 from lprnet.errors import InputError
@@ -47,6 +47,16 @@ class TVMParams:
     def __post_init__(self):
         for key in ("graph_passes", "layout_passes"):
             object.__setattr__(self, key, resolve_pipeline(getattr(self, key), f"tvm.{key}"))
+        try:
+            parse_target(self.target)
+        except InputError as error:
+            raise InputError(f"tvm.target: {error}") from None
+        if sorted(self.layout) != sorted("NCHW"):
+            raise InputError(f"tvm.layout: {self.layout!r} is not a permutation of NCHW")
+        if not self.fp32_tolerance > 0:
+            raise InputError(f"tvm.fp32_tolerance must be positive, got {self.fp32_tolerance!r}")
+        if not 0 <= self.int8_max_accuracy_drop <= 1:
+            raise InputError(f"tvm.int8_max_accuracy_drop must be in [0, 1], got {self.int8_max_accuracy_drop!r}")
 
 
 @dataclass(frozen=True)
