@@ -12,7 +12,6 @@ ARTIFACT is any model file the pipeline writes, or a state dict published by LPR
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -28,6 +27,11 @@ from lprnet.runtime.evaluate import predict_texts
 from lprnet.runtime.metrics import artifact_metrics
 from lprnet.runtime.predictor import load_predictor
 
+# The CLI's own measuring settings: it runs on any artifact, inside the pipeline's repository or not, so it does not
+# read params.yaml (whose `bench:` section the stages use). The first three are its flags' defaults.
+THREADS, EVAL_BATCH, RUNS = 2, 64, 100
+EVAL_BENCH = {"warmup": 10, "throughput_batch": 32, "throughput_runs": 10, "throughput_seconds": 3.0}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lprnet", description=__doc__.splitlines()[0])
@@ -35,15 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_common(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("artifact", type=Path, help="model file (pipeline artifact or LPRNet_Pytorch state dict)")
-        sub.add_argument("--threads", type=int, default=BenchConfig.threads, help="CPU threads for inference")
-        sub.add_argument("--batch", type=int, default=BenchConfig.eval_batch, help="images per forward pass")
+        sub.add_argument("--threads", type=int, default=THREADS, help="CPU threads for inference")
+        sub.add_argument("--batch", type=int, default=EVAL_BATCH, help="images per forward pass")
         sub.add_argument("--alphabet", choices=sorted(ALPHABETS),
                          help="alphabet of a bare state dict (default: inferred from its class count)")
 
     evaluate = commands.add_parser("eval", help="accuracy, latency, size of an artifact on labelled images")
     add_common(evaluate)
     evaluate.add_argument("--images", type=Path, required=True, help="folder of images named by plate text")
-    evaluate.add_argument("--runs", type=int, default=BenchConfig.runs, help="batch-1 latency samples")
+    evaluate.add_argument("--runs", type=int, default=RUNS, help="batch-1 latency samples")
 
     predict = commands.add_parser("predict", help="print the plate read from each image")
     add_common(predict)
@@ -127,7 +131,7 @@ def main(argv=None) -> int:
         try:
             out = args.out or Path("reports") / f"sweep_{args.param.replace('.', '_')}"
             table = write_sweep(args.param, out, num=args.num)
-        except ValueError as error:
+        except InputError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
         print(table.to_string(index=False))
@@ -139,7 +143,7 @@ def main(argv=None) -> int:
         predictor = load_predictor(args.artifact, args.threads, alphabet)
         if args.command == "eval":
             images, labels = load_folder(list_images(args.images), predictor.alphabet)
-            config = dataclasses.replace(BenchConfig(), threads=args.threads, eval_batch=args.batch, runs=args.runs)
+            config = BenchConfig(threads=args.threads, eval_batch=args.batch, runs=args.runs, **EVAL_BENCH)
             print(json.dumps(artifact_metrics(predictor, args.artifact, images, labels, config), indent=2))
         else:
             images = np.stack([load_image(path) for path in args.images])

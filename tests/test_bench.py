@@ -1,11 +1,15 @@
-"""bench.time_calls and bench.throughput: how many calls they time, against a fake clock that each call advances."""
+"""bench.time_calls and bench.throughput: how many calls they time, against a fake clock that each call advances;
+BenchConfig: every key from params.yaml's `bench:` section, each checked by name."""
 
 import dataclasses
 
 import numpy as np
 import pytest
+import yaml
 
+from lprnet.pipeline.params import read_section
 from lprnet.runtime import bench
+from tests.conftest import params_from_repo, repo_params
 
 
 class FakeClock:
@@ -58,7 +62,8 @@ def test_min_runs_holds_even_when_one_call_exceeds_max_seconds(clock):
 
 
 def test_throughput_stops_at_throughput_seconds_and_reports_images_per_second(clock):
-    config = bench.BenchConfig(warmup=10, throughput_batch=32, throughput_runs=10, throughput_seconds=3.0)
+    config = params_from_repo("bench", bench.BenchConfig, warmup=10, throughput_batch=32, throughput_runs=10,
+                              throughput_seconds=3.0)
     slow, fast = FakePredictor(clock, 1.6), FakePredictor(clock, 0.016)
     assert bench.throughput(slow, config) == pytest.approx(20.0)
     assert slow.calls == 2 + bench.MIN_THROUGHPUT_RUNS  # warm-up (warmup // 5), then 3 timed calls (4.8 s)
@@ -72,5 +77,35 @@ def test_throughput_stops_at_throughput_seconds_and_reports_images_per_second(cl
 
 @pytest.mark.parametrize("seconds", [0.0, -1.0, float("nan")])
 def test_a_non_positive_throughput_seconds_is_refused_by_name(seconds):
-    with pytest.raises(ValueError, match="throughput_seconds"):
-        bench.BenchConfig(throughput_seconds=seconds)
+    with pytest.raises(ValueError, match="^bench.throughput_seconds must be positive"):
+        params_from_repo("bench", bench.BenchConfig, throughput_seconds=seconds)
+
+
+@pytest.mark.parametrize("key, value", [("threads", 0), ("warmup", -1), ("runs", 0), ("throughput_batch", 0),
+                                        ("throughput_runs", 0), ("eval_batch", 0), ("runs", True), ("runs", 2.5)])
+def test_a_bad_count_is_refused_by_name(key, value):
+    with pytest.raises(ValueError, match=f"^bench.{key} must be an integer >= "):
+        params_from_repo("bench", bench.BenchConfig, **{key: value})
+
+
+def test_the_repositorys_section_is_valid_and_complete(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"bench": repo_params("bench")}))
+    assert read_section(params, "bench", bench.BenchConfig) == params_from_repo("bench", bench.BenchConfig)
+
+
+@pytest.mark.parametrize("key", [field.name for field in dataclasses.fields(bench.BenchConfig)])
+def test_a_key_missing_from_the_section_fails_with_its_name(tmp_path, key):
+    """No code defaults: params.yaml is the one home of every bench setting."""
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"bench": {k: v for k, v in repo_params("bench").items() if k != key}}))
+    with pytest.raises(ValueError, match=f"missing key\\(s\\) {key}$"):
+        read_section(params, "bench", bench.BenchConfig)
+
+
+def test_the_clis_eval_gives_every_setting_itself():
+    """`python -m lprnet eval` runs outside the pipeline: its own values, not params.yaml's, fill a BenchConfig."""
+    from lprnet.__main__ import EVAL_BATCH, EVAL_BENCH, RUNS, THREADS
+
+    config = bench.BenchConfig(threads=THREADS, eval_batch=EVAL_BATCH, runs=RUNS, **EVAL_BENCH)
+    assert (config.threads, config.eval_batch, config.runs) == (THREADS, EVAL_BATCH, RUNS)

@@ -49,11 +49,13 @@ def code_closure(*paths: str) -> set[str]:
 
 def stage_code(script: str) -> set[str]:
     """What a stage script runs: its module-level import closure. Imports inside functions are followed only for
-    `load_predictor`, which picks the runtime's module by artifact kind: a stage that calls it can run any of them.
+    `load_predictor`, which picks the runtime's module by artifact kind: a stage whose code calls it can run any of
+    them.
     (Other function-level imports are optional paths a stage does not take, e.g. the predictor module's TVM loader
     in baseline.)"""
     closure = code_closure(script)
-    if "load_predictor" in (REPO / script).read_text():
+    if any("load_predictor(" in (REPO / path).read_text() for path in closure
+           if path != "lprnet/runtime/predictor.py"):
         closure |= code_closure(*imported_modules(REPO / "lprnet/runtime/predictor.py", lazy=True))
     return closure
 

@@ -1,4 +1,5 @@
-"""The regression gate: `compare` on hand-made metrics, rendering, params, and the CLI in a temporary git repo."""
+"""The regression gate: `compare` on hand-made metrics, rendering, params, and the CLI in a temporary git + DVC
+repo."""
 
 from __future__ import annotations
 
@@ -8,10 +9,15 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from lprnet.pipeline import gate
+from lprnet.pipeline.artifacts import flat_benchmark
 from lprnet.pipeline.gate import ACCURACY, LATENCY, NEW, OK, REMOVED, GateParams, compare, render
+from tests.conftest import params_from_repo, repo_params
+from tests.dvc_repo import commit, git_dvc_repo
 
+# The thresholds the tests' numbers are worked out for; the repository's params.yaml holds these values today.
 THRESHOLDS = GateParams(max_accuracy_drop=0.005, latency_noise_factor=3.0, min_latency_slowdown=0.05)
 
 
@@ -96,20 +102,35 @@ def test_render_is_a_markdown_table_with_one_summary_line():
                                      "4 artifacts, 1 new, 1 removed.")
 
 
-def test_a_file_of_several_artifacts_gives_one_row_each(tmp_path):
-    (tmp_path / "benchmark.json").write_text(json.dumps({"threads": 2, "ort_fp32": {"latency_ms_p50": 3.0},
-                                                         "tvm_int8": {"latency_ms_p50": 1.0}}))
-    assert gate.load_workspace_metrics(tmp_path) == {"benchmark/ort_fp32": {"threads": 2, "latency_ms_p50": 3.0},
-                                                     "benchmark/tvm_int8": {"threads": 2, "latency_ms_p50": 1.0}}
+def test_the_flat_benchmark_file_gives_one_row_per_artifact(tmp_path):
+    (tmp_path / "benchmark.json").write_text(json.dumps(flat_benchmark(
+        {"threads": 2, "runs": 100}, {"ort_fp32": {"latency_ms_p50": 3.0}, "tvm_int8": {"latency_ms_p50": 1.0}})))
+    assert gate.metrics_at(tmp_path).rows == {"benchmark/ort_fp32": {"threads": 2, "runs": 100, "latency_ms_p50": 3.0},
+                                              "benchmark/tvm_int8": {"threads": 2, "runs": 100, "latency_ms_p50": 1.0}}
 
 
-def test_params_section_with_defaults_and_checks(tmp_path):
+def test_params_come_from_the_section_with_checks_naming_the_key(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text("gate:\n  max_accuracy_drop: 0.01\n")
-    assert gate.read_section(params, "gate", GateParams) == GateParams(max_accuracy_drop=0.01)
-    params.write_text("gate:\n  latency_noise_factor: -1\n")
-    with pytest.raises(ValueError, match=f"^{re.escape(str(params))}: gate.latency_noise_factor must be >= 0"):
+    params.write_text(yaml.safe_dump({"gate": {**repo_params("gate"), "max_accuracy_drop": 0.01}}))
+    assert gate.read_section(params, "gate", GateParams) == params_from_repo("gate", GateParams, max_accuracy_drop=0.01)
+    params.write_text(yaml.safe_dump({"gate": {**repo_params("gate"), "latency_noise_factor": -1}}))
+    with pytest.raises(ValueError, match=f"^{re.escape(str(params))}: gate.latency_noise_factor must be a finite"):
         gate.read_section(params, "gate", GateParams)
+
+
+@pytest.mark.parametrize("key", sorted(repo_params("gate")))
+def test_a_key_missing_from_the_section_fails_with_its_name(tmp_path, key):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"gate": {k: v for k, v in repo_params("gate").items() if k != key}}))
+    with pytest.raises(ValueError, match=f"missing key\\(s\\) {key}$"):
+        gate.read_section(params, "gate", GateParams)
+
+
+@pytest.mark.parametrize("key", sorted(repo_params("gate")))
+@pytest.mark.parametrize("value", [-0.1, float("nan"), float("inf")])
+def test_a_bad_threshold_is_refused_by_name(key, value):
+    with pytest.raises(ValueError, match=f"^gate.{key} must be a finite number >= 0"):
+        params_from_repo("gate", GateParams, **{key: value})
 
 
 # ------------------------------------------------------------------------------------------ in a git repository
@@ -117,22 +138,17 @@ def test_params_section_with_defaults_and_checks(tmp_path):
 
 @pytest.fixture
 def repo(tmp_path, monkeypatch):
-    """A git repository with params.yaml and two committed metrics files; git isolated from the user's config."""
-    for role in ("AUTHOR", "COMMITTER"):
-        monkeypatch.setenv(f"GIT_{role}_NAME", "Gate Test")
-        monkeypatch.setenv(f"GIT_{role}_EMAIL", "gate@example.com")
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", "/dev/null")
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    (tmp_path / "params.yaml").write_text("gate:\n  max_accuracy_drop: 0.005\n  latency_noise_factor: 3.0\n")
-    (tmp_path / "metrics").mkdir()
+    """A git + DVC repository with params.yaml and two committed metrics files."""
+    git_dvc_repo(tmp_path, monkeypatch)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"gate": {**repo_params("gate"), **vars(THRESHOLDS)}}))
     write_metrics(tmp_path, "baseline", metrics())
     write_metrics(tmp_path, "data", {"num_test": 1000})
-    for command in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "metrics"]):
-        subprocess.run(["git", *command], cwd=tmp_path, check=True, capture_output=True)
+    commit(tmp_path, "metrics")
     return tmp_path
 
 
 def write_metrics(repo, name: str, values: dict) -> None:
+    (repo / "metrics").mkdir(exist_ok=True)
     (repo / "metrics" / f"{name}.json").write_text(json.dumps(values, indent=2) + "\n")
 
 
@@ -183,3 +199,29 @@ def test_no_metrics_at_the_revision_is_a_usage_error(repo, monkeypatch, capsys):
     write_metrics(repo, "../other/x", metrics())
     assert gate.main(["--against", "HEAD", "--metrics", "other"]) == 2
     assert capsys.readouterr().err == "error: other: no *.json metrics at revision 'HEAD'\n"
+
+
+def test_a_nested_benchmark_file_at_the_revision_is_named_not_compared(repo, monkeypatch, capsys):
+    """benchmark.json as committed before its keys were flat: its artifacts are not compared, and the gate says so."""
+    write_metrics(repo, "benchmark", {"threads": 2, "ort_fp32": {"latency_ms_p50": 1.0, "latency_ms_p90": 1.1}})
+    commit(repo, "nested benchmark")
+    write_metrics(repo, "benchmark", flat_benchmark({"threads": 2}, {"ort_fp32": {"latency_ms_p50": 9.0,
+                                                                                   "latency_ms_p90": 9.1}}))
+    monkeypatch.chdir(repo)
+    assert gate.main(["--against", "HEAD"]) == 0  # 9x slower, but not comparable
+    lines = capsys.readouterr().out.splitlines()
+    assert "- benchmark.json at 'HEAD': not flat (the format before flat metrics), not compared" in lines
+    assert "| benchmark/ort_fp32 |  | n/a -> 9.00 |  | new |" in lines
+    assert lines[-1] == "**gate: ok**: no regression; 3 artifacts, 1 new, 0 removed."
+
+
+def test_a_benchmark_slowdown_fails_the_gate_by_its_artifact(repo, monkeypatch, capsys):
+    timings = {"latency_ms_p50": 1.0, "latency_ms_p90": 1.1, "latency_ms_mad": 0.02}
+    write_metrics(repo, "benchmark", flat_benchmark({"threads": 2}, {"ort_fp32": timings, "ort_int8": timings}))
+    commit(repo, "benchmark")
+    write_metrics(repo, "benchmark", flat_benchmark({"threads": 2}, {"ort_fp32": {**timings, "latency_ms_p50": 1.5},
+                                                                     "ort_int8": timings}))
+    monkeypatch.chdir(repo)
+    assert gate.main(["--against", "HEAD"]) == 1
+    assert capsys.readouterr().out.splitlines()[-1].startswith("**gate: FAIL**: 1 regressed: benchmark/ort_fp32 "
+                                                                "(LATENCY)")

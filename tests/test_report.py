@@ -1,12 +1,21 @@
-"""The report's speed targets and Pareto front, from metrics dicts shaped like the stages' (no pipeline run)."""
+"""The report's tables, speed targets, Pareto front and deltas, from metrics dicts shaped like the stages' files
+(benchmark.json flat, as the benchmark stage writes it); no pipeline run. The deltas against a git revision:
+tests/test_revision.py."""
 
 from __future__ import annotations
 
+import pytest
+
 from lprnet.pipeline import report
+from lprnet.pipeline.artifacts import flat_benchmark
+from lprnet.pipeline.gate import GateParams
+from lprnet.pipeline.revision import comparable
+from tests.conftest import params_from_repo
 
 
 def fake_results(tuned_ms: float, pruned_int8_accuracy: float) -> tuple[dict, dict]:
-    """(stage metrics, benchmark) for a baseline at 98 %, pruned artifacts at 97.5 % (int8: as given)."""
+    """(stage metrics, benchmark timings per artifact) for a baseline at 98 %, pruned artifacts at 97.5 % (int8: as
+    given)."""
     metrics = {"baseline": {"accuracy": 0.98}, "prune": {"accuracy": 0.975}, "onnx-fp32": {"accuracy": 0.975},
                "onnx-int8": {"accuracy": pruned_int8_accuracy}, "tvm-import-fp32": {"accuracy": 0.975},
                "tvm-tune-fp32": {"accuracy": 0.975}}
@@ -52,29 +61,56 @@ def test_the_pareto_front_keeps_points_no_other_beats_on_both_axes():
 
 def test_the_deltas_include_the_benchmark_timings():
     metrics, benchmark = fake_results(tuned_ms=2.0, pruned_int8_accuracy=0.97)
-    previous = {**metrics, "benchmark": {"threads": 2, **benchmark}}
+    previous = {**metrics, "benchmark": flat_benchmark({"threads": 2}, benchmark)}
     faster = {key: dict(values) for key, values in benchmark.items()}
     faster["tvm_tune_fp32"]["latency_ms_p50"] = 1.5
-    current = {**metrics, "benchmark": {"threads": 2, **faster}}
-    table = report.delta_table(report.with_benchmark_entries(current), report.with_benchmark_entries(previous))
-    assert table.splitlines()[2:] == ["| benchmark: tvm_tune_fp32 | latency_ms_p50 | 2 | 1.5 | -25.0% |"]
-    same = report.delta_table(report.with_benchmark_entries(previous), report.with_benchmark_entries(previous))
+    current = {**metrics, "benchmark": flat_benchmark({"threads": 2}, faster)}
+    table = report.delta_table(comparable(current).rows, comparable(previous).rows)
+    assert table.splitlines()[2:] == ["| benchmark/tvm_tune_fp32 | latency_ms_p50 | 2 | 1.5 | -25.0% |"]
+    same = report.delta_table(comparable(previous).rows, comparable(previous).rows)
     assert same == "No metric changed since the previous commit."
 
 
-def test_latency_changes_within_the_gates_noise_are_counted_not_listed():
-    from lprnet.pipeline.gate import GateParams
+def test_the_document_reads_the_flat_benchmark_file():
+    metrics, benchmark = fake_results(tuned_ms=1.2, pruned_int8_accuracy=0.971)
+    benchmark["ort_fp32"] |= {"latency_ms_p90": 1.9, "throughput_ips": 777.0}
+    text = report.document({**metrics, "benchmark": flat_benchmark({"threads": 2, "runs": 100}, benchmark)}, "none")
+    assert "after warm-up, 2 threads, 100 interleaved samples per" in text
+    assert "ONNX Runtime fp32 on the unpruned baseline: 1.80 ms." in text
+    assert "| ONNX Runtime fp32 | 97.5 % | 1.20 | 1.90 | 777 | 1.00 | 1.00 | - |" in text
+    assert text.endswith("## Changes since the previous commit\n\nnone\n")
 
+
+def test_a_missing_or_nested_benchmark_file_is_refused_by_name():
+    metrics, benchmark = fake_results(tuned_ms=1.2, pruned_int8_accuracy=0.971)
+    with pytest.raises(FileNotFoundError, match="^benchmark.json: missing"):
+        report.document(metrics, "")
+    with pytest.raises(ValueError, match="^benchmark.json: not flat"):
+        report.document({**metrics, "benchmark": {"threads": 2, **benchmark}}, "")
+
+
+def test_latency_changes_within_the_gates_noise_are_counted_not_listed():
     previous = {"a": {"latency_ms_p50": 10.0, "latency_ms_mad": 0.5, "accuracy": 0.9},
                 "b": {"latency_ms_p50": 10.0, "latency_ms_mad": 0.5}, "c": {"latency_ms_p50": 10.0}}
     current = {"a": {"latency_ms_p50": 11.0, "latency_ms_mad": 0.5, "accuracy": 0.8},  # 1 ms: within 3 sigmas
                "b": {"latency_ms_p50": 5.0, "latency_ms_mad": 0.5},  # faster beyond the noise: listed
                "c": {"latency_ms_p50": 10.4}}  # no spread: within the 5 % floor
-    table = report.delta_table(current, previous, GateParams(latency_noise_factor=3.0, min_latency_slowdown=0.05))
+    table = report.delta_table(current, previous, GateParams(max_accuracy_drop=0.005, latency_noise_factor=3.0,
+                                                             min_latency_slowdown=0.05))
     assert [line.split(" | ")[:2] for line in table.splitlines()[2:4]] == [["| a", "accuracy"],
                                                                             ["| b", "latency_ms_p50"]]
     assert "2 p50 latency change(s) within the timing noise are not shown" in table
     assert report.delta_table(current, previous).count("latency_ms_p50") == 3  # no noise model: every change
     quiet = {"c": {"latency_ms_p50": 10.4}}
-    assert (report.delta_table(quiet, {"c": previous["c"]}, GateParams())
+    floor_only = params_from_repo("gate", GateParams, min_latency_slowdown=0.05)
+    assert (report.delta_table(quiet, {"c": previous["c"]}, floor_only)
             == "No metric changed beyond the timing noise since the previous commit.")
+
+
+def test_the_stage_names_a_missing_benchmark_file_and_writes_nothing(tmp_path):
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "baseline.json").write_text('{"accuracy": 0.9}')
+    with pytest.raises(FileNotFoundError, match=f"^{tmp_path / 'metrics' / 'benchmark.json'}: missing"):
+        report.write_report(tmp_path / "metrics", tmp_path / "reports", tmp_path / "reports" / "pareto.csv",
+                            tmp_path / "reports" / "sizes.csv", params_from_repo("gate", GateParams))
+    assert not (tmp_path / "reports").exists()

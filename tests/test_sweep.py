@@ -1,4 +1,5 @@
-"""The sweep table and plot from DVC experiment rows (lprnet.sweep); the CLI's error outside a DVC repository."""
+"""The sweep table and plot from DVC experiment rows (lprnet.pipeline.sweep); the CLI's errors: one line outside a
+DVC repository, a traceback for a bug."""
 
 from __future__ import annotations
 
@@ -55,3 +56,17 @@ def test_the_cli_outside_a_dvc_repository_fails_with_one_line(tmp_path, monkeypa
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: ") and "cannot list DVC experiments" in error and "\n" not in error
     assert not (tmp_path / "reports").exists()
+
+
+def test_the_cli_keeps_the_traceback_of_a_bug(tmp_path, monkeypatch):
+    """Only lprnet.errors.InputError is bad input, reported in one line; any other error is a bug and propagates."""
+    from lprnet.pipeline import sweep
+
+    monkeypatch.chdir(tmp_path)
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(sweep, "write_sweep", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["sweep", "prune.ratio"])

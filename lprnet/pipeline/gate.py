@@ -2,33 +2,33 @@
 
   python -m lprnet gate --against REV [--metrics DIR] [--params FILE]
 
-Prints a Markdown table (one row per artifact: accuracy, latency p50, size, verdict) and one summary line, and
-exits 0 when nothing regressed, 1 when an artifact lost more plate accuracy than `gate.max_accuracy_drop` or got
-slower beyond its measured timing noise, 2 on a usage error (unknown revision, no metrics, unreadable file).
+Prints a Markdown table (one row per stage metrics file and per benchmarked artifact: accuracy, latency p50, size,
+verdict) and one summary line, and exits 0 when nothing regressed, 1 when a row lost more plate accuracy than
+`gate.max_accuracy_drop` or got slower beyond its measured timing noise, 2 on a usage error (unknown revision, no
+metrics, unreadable file).
 
 Latency noise comes from the spread of each side's timed samples: `latency_ms_mad` when the bench writes it, else
 p90 - p50, both converted to a normal-equivalent standard deviation so that either side may use either key.
-Files or keys present on one side only are reported, never failures.
+Files or keys present on one side only are reported, never failures; so is a file that is not flat on one side
+(benchmark.json before its keys were flat), which is not compared.
 
-Reads old metrics from git objects (`git ls-tree` + `git cat-file`), not through DVC: metrics are `cache: false`
-and committed, so git alone sees them, without importing DVC or parsing dvc.yaml at REV. Does not run any stage,
-re-measure anything, or read metrics that live only in the DVC cache.
+Both sides are read by lprnet/pipeline/revision.py, the reader the report's deltas use too. Does not run any stage
+or re-measure anything.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
 
 from lprnet.errors import InputError, MissingFileError
 from lprnet.pipeline.params import read_section
+from lprnet.pipeline.revision import Metrics, metrics_at
 
 OK, ACCURACY, LATENCY, NEW, REMOVED = "ok", "ACCURACY", "LATENCY", "new", "removed"
 
@@ -44,16 +44,17 @@ FLOAT_SLACK = 1e-9
 
 @dataclass(frozen=True)
 class GateParams:
-    """The `gate:` section of params.yaml."""
+    """The `gate:` section of params.yaml (its defaults live there, with their meaning)."""
 
-    max_accuracy_drop: float = 0.005  # plate accuracy (a share, not percentage points) an artifact may lose
-    latency_noise_factor: float = 3.0  # a slowdown must exceed this many combined noise sigmas ...
-    min_latency_slowdown: float = 0.05  # ... and this share of the old p50, so zero-noise metrics do not flake
+    max_accuracy_drop: float  # plate accuracy (a share, not percentage points) a row may lose
+    latency_noise_factor: float  # a slowdown must exceed this many combined noise sigmas ...
+    min_latency_slowdown: float  # ... and this share of the old p50, so that zero-noise metrics do not flake
 
     def __post_init__(self):
         for name in ("max_accuracy_drop", "latency_noise_factor", "min_latency_slowdown"):
-            if getattr(self, name) < 0:
-                raise InputError(f"gate.{name} must be >= 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise InputError(f"gate.{name} must be a finite number >= 0, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -175,8 +176,8 @@ def number(metrics: dict, key: str) -> float | None:
 # ----------------------------------------------------------------------------------------------------- render
 
 
-def render(rows: list[Row]) -> str:
-    """A Markdown table, the notes as a bullet list (if any), and one summary line."""
+def render(rows: list[Row], notes: Sequence[str] = ()) -> str:
+    """A Markdown table, `notes` and the rows' notes as a bullet list (if any), and one summary line."""
     header = ["artifact", "accuracy old -> new (delta)", "latency p50 ms old -> new (ratio)", "size old -> new",
               "verdict"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -190,7 +191,7 @@ def render(rows: list[Row]) -> str:
                  change(number(before, "size_bytes"), number(after, "size_bytes"), format_size),
                  ", ".join(row.verdicts)]
         lines.append("| " + " | ".join(cells) + " |")
-    notes = [f"- {row.artifact}: {note}" for row in rows for note in row.notes]
+    notes = [f"- {note}" for note in notes] + [f"- {row.artifact}: {note}" for row in rows for note in row.notes]
     if notes:
         lines += ["", *notes]
     lines += ["", summary(rows)]
@@ -227,71 +228,6 @@ def summary(rows: list[Row]) -> str:
     return f"**gate: ok**: no regression; {counts}."
 
 
-# ---------------------------------------------------------------------------------------------------- loading
-
-
-def load_workspace_metrics(folder: str | Path) -> dict[str, dict]:
-    """Artifact name -> metrics of every *.json directly in `folder`; {} when there are none."""
-    files = sorted(Path(folder).glob("*.json"))
-    return flatten({path.stem: parse_metrics(path.read_text(encoding="utf-8"), str(path)) for path in files})
-
-
-def load_metrics_at(rev: str, folder: str | Path = "metrics") -> dict[str, dict]:
-    """Artifact name -> metrics of every *.json directly in `folder` (relative to the working directory, as git
-    pathspecs are) at revision `rev`; {} when the folder is absent there. Raises ValueError for an unknown
-    revision, FileNotFoundError when git is missing."""
-    git("rev-parse", "--git-dir", failure="not inside a git repository")
-    commit = git("rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}",
-                 failure=f"unknown revision {rev!r}").strip()
-    # -z: names verbatim; --full-name: paths from the repository root whatever the working directory.
-    listing = git("ls-tree", "-z", "--full-name", commit, "--", f"{Path(folder).as_posix()}/",
-                  failure=f"cannot list {folder} at {rev!r}")
-    files = {}
-    for entry in filter(None, listing.split("\0")):
-        info, path = entry.split("\t", 1)
-        _mode, kind, obj = info.split()
-        if kind == "blob" and path.endswith(".json"):
-            text = git("cat-file", "blob", obj, failure=f"cannot read {path} at {rev!r}")
-            files[Path(path).stem] = parse_metrics(text, f"{path} at {rev!r}")
-    return flatten(files)
-
-
-def git(*args: str, failure: str) -> str:
-    try:
-        result = subprocess.run(["git", *args], capture_output=True, text=True, encoding="utf-8")
-    except FileNotFoundError as error:
-        raise MissingFileError("git: not found on PATH (the gate reads old metrics from git)") from error
-    if result.returncode != 0:
-        detail = result.stderr.strip().splitlines()
-        raise InputError(failure + (f" ({detail[-1]})" if detail else ""))
-    return result.stdout
-
-
-def parse_metrics(text: str, where: str) -> dict:
-    try:
-        metrics = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InputError(f"{where}: not valid JSON ({error})") from error
-    if not isinstance(metrics, dict):
-        raise InputError(f"{where}: expected a JSON object, got {type(metrics).__name__}")
-    return metrics
-
-
-def flatten(files: dict[str, dict]) -> dict[str, dict]:
-    """File stem -> metrics, where a file holding several artifacts (values that are objects, like the benchmark
-    stage's) becomes one entry per artifact, 'stem/name', each with the file's top-level scalars (threads)."""
-    artifacts = {}
-    for stem, metrics in files.items():
-        nested = {key: value for key, value in metrics.items() if isinstance(value, dict)}
-        if not nested:
-            artifacts[stem] = metrics
-            continue
-        shared = {key: value for key, value in metrics.items() if key not in nested}
-        for name, values in nested.items():
-            artifacts[f"{stem}/{name}"] = {**shared, **values}
-    return artifacts
-
-
 # -------------------------------------------------------------------------------------------------------- CLI
 
 
@@ -312,21 +248,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def not_compared(old: Metrics, new: Metrics, rev: str) -> list[str]:
+    """Notes on the files one side holds in a form the other cannot be compared with."""
+    return [f"{stem}.json {where}: not flat (the format before flat metrics), not compared"
+            for side, where in ((old, f"at {rev!r}"), (new, "in the workspace")) for stem in side.not_flat]
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the table; 0 when all ok, 1 on a regression, 2 on a usage error (one line on stderr)."""
     try:
         thresholds = read_section(args.params, "gate", GateParams)
-        new = load_workspace_metrics(args.metrics)
-        if not new:
+        new = metrics_at(args.metrics)
+        if not new.rows and not new.not_flat:
             raise MissingFileError(f"{args.metrics}: no *.json metrics in the workspace")
-        old = load_metrics_at(args.against, args.metrics)
-        if not old:
+        old = metrics_at(args.metrics, args.against)
+        if not old.rows and not old.not_flat:
             raise MissingFileError(f"{args.metrics}: no *.json metrics at revision {args.against!r}")
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    rows = compare(old, new, thresholds)
-    print(render(rows))
+    rows = compare(old.rows, new.rows, thresholds)
+    print(render(rows, not_compared(old, new, args.against)))
     return 1 if any(row.regressed for row in rows) else 0
 
 

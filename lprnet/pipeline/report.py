@@ -1,15 +1,25 @@
-"""The regenerated report: tables and plots from the metrics files, compared with the notebook study.
+"""The regenerated report: reports/report.md, its plots and the DVC plot data, from the metrics files.
 
-Pure functions from metrics dicts to Markdown and figures; no measuring (see the stages) and no file layout beyond
-`ARTIFACTS`, the list of deployable artifacts the benchmark stage also reads.
+Tables from metrics dicts (stage metrics files by stem, with benchmark.json's flat content under "benchmark"), the
+comparison with the notebook study, the speed targets, and the changes since a git revision (by default HEAD, the
+previous commit while the new results are not yet committed): metrics there are read by revision.py, as the
+regression gate reads them, and a p50 latency change within the gate's timing noise is counted, not listed.
+`write_report` is the `report` stage's work. Does not measure anything (see the stages) and does not decide what
+the pipeline deploys (see artifacts.py).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+from pathlib import Path
 
+from lprnet.csv_io import write_csv_atomic
+from lprnet.errors import InputError, MissingFileError
+from lprnet.io import atomic_path, write_text_atomic
+from lprnet.pipeline.artifacts import ARTIFACTS, BENCHMARK, REFERENCE, split_benchmark
 from lprnet.pipeline.gate import GateParams, latency_allowance_ms
+from lprnet.pipeline.revision import Metrics, RevisionError, comparable, metrics_at, read_metrics
 
 # Figures the notebook study reported (not measured here): the rows our results are compared with.
 STUDY = {
@@ -19,25 +29,14 @@ STUDY = {
 }
 
 
-
-@dataclass(frozen=True)
-class Artifact:
-    label: str  # its row in the report
-    path: str  # under models/, what the benchmark stage loads
-    metrics: str  # the stage metrics file (without .json) that accuracy and size come from
-
-
-# Benchmark key -> artifact, in benchmark and report order: the one list of what the pipeline deploys.
-ARTIFACTS = {
-    "torch_fp32_baseline": Artifact("PyTorch fp32 baseline", "baseline.pt", "baseline"),
-    "torch_fp32_pruned": Artifact("PyTorch fp32 pruned", "pruned.pt", "prune"),
-    "torch_int8": Artifact("PyTorch int8", "quantized.pt", "quantize"),
-    "ort_fp32": Artifact("ONNX Runtime fp32", "onnx/fp32.onnx", "onnx-fp32"),
-    "ort_int8": Artifact("ONNX Runtime int8", "onnx/int8.onnx", "onnx-int8"),
-    **{f"tvm_{step}_{precision}": Artifact(f"TVM {step} {precision}", f"tvm/{step}/{precision}",
-                                           f"tvm-{step}-{precision}")
-       for step in ("import", "graph", "layout", "tune") for precision in ("fp32", "int8")},
-}
+def benchmark_results(metrics: dict[str, dict], where: str | os.PathLike = f"{BENCHMARK}.json"
+                      ) -> tuple[dict, dict[str, dict]]:
+    """(the benchmark run's settings, artifact -> its timings) from `metrics["benchmark"]`, the file `where`."""
+    if BENCHMARK not in metrics:
+        raise MissingFileError(f"{where}: missing (run `dvc repro benchmark`)")
+    if comparable({BENCHMARK: metrics[BENCHMARK]}).not_flat:
+        raise InputError(f"{where}: not flat, written before its keys were (run `dvc repro benchmark`)")
+    return split_benchmark(metrics[BENCHMARK])
 
 
 def _pct(value) -> str:
@@ -60,26 +59,27 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> set[str]:
                        for other_latency, other_accuracy in points.values())}
 
 
-def rows(metrics: dict[str, dict], benchmark: dict) -> list[dict]:
-    """One row per artifact present in both the stage metrics and the benchmark."""
+def rows(metrics: dict[str, dict], timings: dict[str, dict]) -> list[dict]:
+    """One row per artifact present in both the stage metrics and the benchmark's `timings` (artifact -> its
+    metrics, see `benchmark_results`)."""
     table = []
     for key, artifact in ARTIFACTS.items():
-        if artifact.metrics in metrics and key in benchmark:
+        if artifact.metrics in metrics and key in timings:
             stage = metrics[artifact.metrics]
             table.append({"artifact": artifact.label, "key": key, "accuracy": stage.get("accuracy"),
-                          "size_bytes": stage.get("size_bytes"), **benchmark[key]})
+                          "size_bytes": stage.get("size_bytes"), **timings[key]})
     return table
 
 
-def study_table(metrics: dict[str, dict], benchmark: dict) -> str:
+def study_table(metrics: dict[str, dict], timings: dict[str, dict]) -> str:
     onnx_size = metrics.get("onnx-fp32", {}).get("size_bytes")
     int8_onnx_size = metrics.get("onnx-int8", {}).get("size_bytes")
     ours = {
-        "baseline": (metrics.get("baseline", {}).get("accuracy"), benchmark.get("torch_fp32_baseline", {}),
+        "baseline": (metrics.get("baseline", {}).get("accuracy"), timings.get("torch_fp32_baseline", {}),
                      None, metrics.get("baseline", {}).get("size_bytes")),
-        "pruned": (metrics.get("prune", {}).get("accuracy"), benchmark.get("torch_fp32_pruned", {}), onnx_size,
+        "pruned": (metrics.get("prune", {}).get("accuracy"), timings.get("torch_fp32_pruned", {}), onnx_size,
                    metrics.get("prune", {}).get("size_bytes")),
-        "int8": (metrics.get("quantize", {}).get("accuracy"), benchmark.get("torch_int8", {}), int8_onnx_size,
+        "int8": (metrics.get("quantize", {}).get("accuracy"), timings.get("torch_int8", {}), int8_onnx_size,
                  metrics.get("quantize", {}).get("size_bytes")),
     }
     lines = ["| model | study accuracy | ours | study latency (ms) | ours p50 (ms, batch 1, no I/O) | study ONNX (MB) "
@@ -112,11 +112,11 @@ MIN_FAST_SPEEDUP = 3.0  # ONNX Runtime fp32 on the baseline / the fastest artifa
 ACCURACY_BAND = 0.01
 
 
-def target_rows(table: list[dict], metrics: dict[str, dict], benchmark: dict) -> list[dict]:
+def target_rows(table: list[dict], metrics: dict[str, dict], timings: dict[str, dict]) -> list[dict]:
     """The speed targets, each with its measured value and whether it holds (None where an input is missing)."""
     by_key = {row["key"]: row for row in table}
     tuned, untuned = by_key.get("tvm_tune_fp32"), by_key.get("tvm_import_fp32")
-    reference = benchmark.get("ort_fp32_baseline", {}).get("latency_ms_p50")
+    reference = timings.get(REFERENCE, {}).get("latency_ms_p50")
     baseline_accuracy = metrics.get("baseline", {}).get("accuracy")
     candidates = [(row["latency_ms_p50"], row["artifact"]) for row in table
                   if None not in (row["accuracy"], baseline_accuracy)
@@ -147,22 +147,12 @@ def targets_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def with_benchmark_entries(metrics: dict[str, dict]) -> dict[str, dict]:
-    """`metrics` (metrics file name -> its dict) with benchmark.json's per-artifact results as entries of their own
-    ("benchmark: ort_fp32"), so that `delta_table` compares the benchmark's timings too."""
-    flat = {name: values for name, values in metrics.items() if name != "benchmark"}
-    for key, values in metrics.get("benchmark", {}).items():
-        if isinstance(values, dict):  # else a setting of the run, e.g. its thread count
-            flat[f"benchmark: {key}"] = values
-    return flat
-
-
 def delta_table(current: dict[str, dict], previous: dict[str, dict], noise: GateParams | None = None,
                 keys=("accuracy", "latency_ms_p50", "size_bytes")) -> str:
-    """The `keys` that differ between two sets of metrics (see `with_benchmark_entries`), one row each. With `noise`,
-    a p50 latency change within the regression gate's timing noise (either direction) is left out and counted
-    under the table: a re-run moves every timing a little."""
-    lines = ["| metrics file | key | previous | now | change |", "|---|---|---|---|---|"]
+    """The `keys` that differ between two sets of comparison rows (`revision.Metrics.rows`), one table row each.
+    With `noise`, a p50 latency change within the regression gate's timing noise (either direction) is left out and
+    counted under the table: a re-run moves every timing a little."""
+    lines = ["| metrics | key | previous | now | change |", "|---|---|---|---|---|"]
     within_noise = 0
     for name in sorted(current):
         for key in keys:
@@ -183,6 +173,83 @@ def delta_table(current: dict[str, dict], previous: dict[str, dict], noise: Gate
                   f"(the regression gate's rule: at most {noise.latency_noise_factor:g} combined noise sigmas or "
                   f"{noise.min_latency_slowdown:.0%} of the previous p50).")
     return table
+
+
+def changes(current: Metrics, previous: Metrics, noise: GateParams) -> str:
+    """The report's section of changes: `delta_table`, and a note on each file that is not flat on either side
+    (benchmark.json as written before its keys were flat), whose rows are not comparable and not listed."""
+    text = delta_table(current.rows, previous.rows, noise)
+    for side, stems in (("previous commit", previous.not_flat), ("workspace", current.not_flat)):
+        for stem in stems:
+            text += (f"\n\n`{stem}.json` in the {side} is not flat (the format before flat metrics): its values are "
+                     "not comparable and not listed.")
+    return text
+
+
+def document(metrics: dict[str, dict], changes_section: str) -> str:
+    """reports/report.md from the workspace's metrics files and the section of changes."""
+    settings, timings = benchmark_results(metrics)
+    table = rows(metrics, timings)
+    reference = timings.get(REFERENCE, {}).get("latency_ms_p50")
+    return f"""# LPRNet optimisation report
+
+Regenerated by `dvc repro report` from `metrics/*.json`; do not edit by hand. Latency: batch 1, in-memory input
+(no image decoding), after warm-up, {settings['threads']} threads, {settings['runs']} interleaved samples per
+artifact, all artifacts in one process (stage `benchmark`). Accuracy: exact plate match on the test split.
+
+## Against the notebook study
+
+The study's figures are as it reported them (its latency timed image decoding and Python decoding too).
+
+{study_table(metrics, timings)}
+
+## Every artifact, side by side
+
+Ratios are of p50 latency: to the PyTorch fp32 baseline and to ONNX Runtime fp32 on the same (pruned) model.
+ONNX Runtime fp32 on the unpruned baseline: {_ms(reference)} ms.
+
+{artifact_table(table)}
+
+## Speed targets
+
+Batch 1, from this benchmark. "Within 1 point": plate accuracy at most one percentage point below the baseline's.
+
+{targets_table(target_rows(table, metrics, timings))}
+
+![accuracy vs latency](pareto.png)
+
+![sizes](sizes.png)
+
+## Changes since the previous commit
+
+{changes_section}
+"""
+
+
+def write_report(metrics_dir: str | os.PathLike, out: str | os.PathLike, pareto_csv: str | os.PathLike,
+                 sizes_csv: str | os.PathLike, noise: GateParams, against: str = "HEAD") -> None:
+    """The `report` stage: `out`/report.md, `out`/pareto.png and `out`/sizes.png, and the plots' data as
+    `pareto_csv` and `sizes_csv`, from the metrics files in `metrics_dir`, with the changes since `against`.
+    Without a readable `against` (no git repository, no commit yet) the section of changes says so."""
+    files = read_metrics(metrics_dir)
+    table = rows(files, benchmark_results(files, Path(metrics_dir) / f"{BENCHMARK}.json")[1])
+    try:
+        previous = metrics_at(metrics_dir, against)
+    except RevisionError as error:
+        changes_section = f"No committed metrics to compare with ({error})."
+    else:
+        changes_section = (changes(comparable(files), previous, noise)
+                           if previous.rows or previous.not_flat else "No committed metrics to compare with.")
+    out = Path(out)
+    with atomic_path(out / "pareto.png") as pareto_png, atomic_path(out / "sizes.png") as sizes_png:
+        plot(table, pareto_png, sizes_png)
+    front = pareto_front({row["artifact"]: (row["latency_ms_p50"], row["accuracy"]) for row in table})
+    write_csv_atomic(pareto_csv, ["artifact", "latency_ms_p50", "accuracy", "pareto"],
+                     [[row["artifact"], row["latency_ms_p50"], row["accuracy"], int(row["artifact"] in front)]
+                      for row in table], digits=4)
+    write_csv_atomic(sizes_csv, ["artifact", "size_mb"], [[row["artifact"], row["size_bytes"] / 1e6] for row in table],
+                     digits=4)
+    write_text_atomic(out / "report.md", document(files, changes_section))
 
 
 def plot(table: list[dict], path_pareto, path_sizes) -> None:

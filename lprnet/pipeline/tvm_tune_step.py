@@ -9,8 +9,6 @@ itself is tested in tests/test_tune_tvm.py). Does not run passes beyond the tune
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from pathlib import Path
 
@@ -31,7 +29,8 @@ from lprnet.compile.tvm.tune import (
     tuning_module,
     tuning_target,
 )
-from lprnet.io import atomic_dir, write_json_atomic, write_text_atomic
+from lprnet.csv_io import write_csv_atomic
+from lprnet.io import atomic_dir, write_json_atomic
 from lprnet.model.checkpoint import load_model
 from lprnet.model.data import load_prepared
 from lprnet.pipeline.stage import parse_args, read_section
@@ -40,14 +39,6 @@ from lprnet.runtime.bench import BenchConfig
 from lprnet.runtime.metrics import artifact_metrics
 from lprnet.runtime.onnx_runtime import OnnxRuntimePredictor
 from lprnet.runtime.tvm_runtime import TVMPredictor
-
-
-def curve_csv(curve: list[tuple[int, float]]) -> str:
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["trials", "estimated_kernels_ms"])
-    writer.writerows((trials, round(ms, 6)) for trials, ms in curve)
-    return text.getvalue()
 
 
 def tune_and_build(precision: str, mod, target: dict, database: str | os.PathLike, out: Path, params: TuneParams,
@@ -118,4 +109,5 @@ def run_tune_stage(description: str) -> None:
                                  *load_prepared(args.data, "test"), args.database, args.out, params, tvm_params, bench)
     for precision in PRECISIONS:
         write_json_atomic(getattr(args, f"metrics_{precision}"), metrics[precision])
-        write_text_atomic(getattr(args, f"curve_{precision}"), curve_csv(curves[precision]))
+        write_csv_atomic(getattr(args, f"curve_{precision}"), ["trials", "estimated_kernels_ms"], curves[precision],
+                         digits=6)

@@ -1,7 +1,9 @@
 """Latency and throughput of a Predictor on in-memory inputs: no image decoding, no Python decoding.
 
-Medians over repeated calls after warm-up, with the thread count fixed by the caller and recorded. Does not
-score predictions (see evaluate.py).
+Medians over repeated calls after warm-up, with the thread count fixed by the caller and recorded. The settings are
+the `bench:` section of params.yaml, their one home (BenchConfig has no defaults; a caller outside the pipeline, like
+the CLI, passes its own). Does not score predictions (see evaluate.py) and does not know which artifacts the
+pipeline benchmarks (see lprnet/pipeline/benchmark.py).
 """
 
 from __future__ import annotations
@@ -18,19 +20,25 @@ from lprnet.runtime.predictor import Predictor, example_input
 
 @dataclass(frozen=True)
 class BenchConfig:
-    threads: int = 2
-    warmup: int = 10
-    runs: int = 100
-    throughput_batch: int = 32
-    throughput_runs: int = 10  # at most; see throughput_seconds
-    # A throughput measurement stops once its timed calls have taken this long (after MIN_THROUGHPUT_RUNS calls): an
-    # untuned TVM build takes 1.4 s per batch of 32, and 10 of them in every stage and in the benchmark cost minutes.
-    throughput_seconds: float = 3.0
-    eval_batch: int = 64
+    """The `bench:` section of params.yaml (the meaning of each key is there, beside its value)."""
+
+    threads: int
+    warmup: int
+    runs: int
+    throughput_batch: int
+    throughput_runs: int  # at most; see throughput_seconds
+    throughput_seconds: float  # a throughput measurement stops once its timed calls took this long
+    eval_batch: int
 
     def __post_init__(self):
-        if not self.throughput_seconds > 0:
-            raise InputError(f"bench.throughput_seconds must be positive, got {self.throughput_seconds!r}")
+        for name, minimum in (("threads", 1), ("warmup", 0), ("runs", 1), ("throughput_batch", 1),
+                              ("throughput_runs", 1), ("eval_batch", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise InputError(f"bench.{name} must be an integer >= {minimum}, got {value!r}")
+        seconds = self.throughput_seconds
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+            raise InputError(f"bench.throughput_seconds must be positive, got {seconds!r}")
 
 
 MIN_THROUGHPUT_RUNS = 3  # the median of fewer calls is one call
@@ -68,14 +76,12 @@ TURN_CALLS = 10
 
 def interleaved_latency(predictors: dict[str, Predictor], config: BenchConfig) -> dict[str, dict]:
     """Batch-1 latency of several predictors measured in turns (A B C ... A B C ...), so that drift in the machine's
-    state (frequency, other load) falls on all of them alike; p50 and p90 in ms per predictor.
+    state (frequency, other load) falls on all of them alike; p50, p90 and MAD in ms per predictor.
 
     A turn starts with SETTLE_S seconds of untimed calls. The runtimes' thread pools (PyTorch's OpenMP, ONNX
-    Runtime's, TVM's) keep spinning for a while after a call, waiting for the next; on 2 cores a call timed right
-    after another runtime's shares them with those threads. Measured here with one call per turn: ONNX Runtime
-    fp32 2.3 ms against 1.2 ms timed alone, tuned TVM 5.0 against 2.4, PyTorch fp32 9.7 against 5.6. With 50 to
-    200 ms of settling calls, 17 of 18 medians (6 artifacts, 3 runs) came within 5 % of their alone figures; the
-    18th, ONNX Runtime int8 with 50 ms, was 29 % above.
+    Runtime's, TVM's) keep spinning for a while after a call, waiting for the next; on a machine with few cores, a
+    call timed right after another runtime's shares the cores with those threads and reads slow. Settling calls of
+    the predictor's own let the previous runtime's pool go idle first.
     """
     inputs = example_input(1)
     for predictor in predictors.values():

@@ -1,0 +1,77 @@
+"""The benchmark stage's work (lprnet.pipeline.benchmark) with fake predictors on a fake clock: which artifacts it
+times, the ratios, and the flat metrics and CSV rows it gives the stage to write."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lprnet.pipeline import benchmark
+from lprnet.pipeline.artifacts import ARTIFACTS, REFERENCE, split_benchmark
+from lprnet.pipeline.revision import comparable
+from lprnet.runtime import bench
+from lprnet.runtime.bench import BenchConfig
+from tests.conftest import params_from_repo
+
+# Seconds per call of each fake artifact, whatever the batch.
+SECONDS = {**{name: 0.001 * (index + 1) for index, name in enumerate(ARTIFACTS)}, REFERENCE: 0.0015}
+
+
+@pytest.fixture
+def models(tmp_path, monkeypatch):
+    """A models folder holding an (empty) file per artifact, and fake loaders: each predictor advances a fake clock
+    by its artifact's SECONDS per call."""
+    now = [0.0]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(bench, "SETTLE_S", 0.0)
+
+    def predictor(seconds):
+        def call(images):
+            now[0] += seconds
+            return np.zeros((len(images), 4, 18), np.float32)
+        return call
+
+    names = {str(tmp_path / artifact.path): name for name, artifact in ARTIFACTS.items()}
+    monkeypatch.setattr(benchmark, "load_model", lambda path: (None, None))
+    monkeypatch.setattr(benchmark, "export_onnx", lambda model, alphabet, path: path.write_bytes(b""))
+    monkeypatch.setattr(benchmark, "load_predictor",
+                        lambda path, threads: predictor(SECONDS[names.get(str(path), REFERENCE)]))
+    for artifact in ARTIFACTS.values():
+        (tmp_path / artifact.path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / artifact.path).write_bytes(b"")
+    return tmp_path
+
+
+def config() -> BenchConfig:
+    return params_from_repo("bench", BenchConfig, warmup=1, runs=10, throughput_runs=2, throughput_batch=4)
+
+
+def test_every_artifact_then_the_reference_with_latency_throughput_and_ratios(models):
+    results = benchmark.benchmark_artifacts(models, config())
+    assert list(results) == [*ARTIFACTS, REFERENCE]
+    ort = results["ort_fp32"]
+    assert ort["latency_ms_p50"] == pytest.approx(1e3 * SECONDS["ort_fp32"])
+    assert ort["throughput_ips"] == pytest.approx(4 / SECONDS["ort_fp32"])
+    assert ort["ratio_vs_ort_fp32"] == pytest.approx(1.0)
+    assert ort["ratio_vs_baseline"] == pytest.approx(SECONDS["ort_fp32"] / SECONDS["torch_fp32_baseline"])
+    assert results["tvm_tune_int8"]["ratio_vs_ort_fp32_baseline"] == pytest.approx(SECONDS["tvm_tune_int8"] / 0.0015)
+
+
+def test_the_metrics_are_flat_and_read_back_as_one_row_per_artifact(models):
+    results = benchmark.benchmark_artifacts(models, config())
+    metrics = benchmark.benchmark_metrics(results, config())
+    assert all(isinstance(value, (int, float)) for value in metrics.values())
+    assert metrics["threads"] == config().threads and metrics["runs"] == 10 and metrics["throughput_batch"] == 4
+    assert metrics["ort_fp32_latency_ms_p50"] == results["ort_fp32"]["latency_ms_p50"]
+    assert split_benchmark(metrics)[1] == results
+    rows = comparable({"benchmark": metrics}).rows
+    assert rows["benchmark/ort_fp32"]["latency_ms_p50"] == results["ort_fp32"]["latency_ms_p50"]
+    assert rows["benchmark/ort_fp32"]["threads"] == config().threads
+    [row] = [r for r in benchmark.benchmark_csv_rows(results) if r[0] == "ort_fp32"]
+    assert row == ["ort_fp32", *(results["ort_fp32"][c] for c in benchmark.CSV_COLUMNS[1:])]
+
+
+def test_a_missing_artifact_is_named_before_anything_is_loaded(models):
+    (models / ARTIFACTS["torch_int8"].path).unlink()
+    with pytest.raises(FileNotFoundError, match=f"^{models / 'quantized.pt'}: artifact missing"):
+        benchmark.benchmark_artifacts(models, config())
