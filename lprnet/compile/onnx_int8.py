@@ -1,16 +1,17 @@
 """int8 QDQ ONNX with ONNX Runtime's own tooling (quantize_static), from one of two sources of activation ranges.
 
 `torch_int8_plan`: the PyTorch int8 model's own scales and zero points, int8 weights and float parts, so that the
-ONNX int8 model is the same quantization as the `quantize` stage's artifact (the default).
-`calibrate_onnx`: ONNX Runtime's calibrators over the calib split, written as its JSON range cache (every activation
-tensor's range, by tensor name) so that calibration and quantization can be separate pipeline stages; the
-global-context arithmetic (pools, pow, sums, divisions, concat and the `container` conv after it) stays fp32.
-Does not export from PyTorch (see export.py).
+ONNX int8 model is the same quantization as the `quantize` stage's artifact (`calibrate.onnx_method: torch`).
+`calibrate_onnx`: ranges for the ONNX graph's own tensors over the calib split, by any method of the calibration
+registry (lprnet.optimize.calibrate.METHODS, the one the PyTorch path uses: same names, same rules, same
+percentile), written as ONNX Runtime's JSON range cache (every activation tensor's range, by tensor name) so that
+calibration and quantization can be separate pipeline stages; the global-context arithmetic (pools, pow, sums,
+divisions, concat and the `container` conv after it) then stays fp32.
+Does not export from PyTorch (see onnx_export.py) and does not run the int8 model (see lprnet.runtime).
 """
 
 from __future__ import annotations
 
-import ast
 import copy
 import os
 import tempfile
@@ -28,9 +29,10 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from onnxruntime.quantization.calibrate import (
+    CalibrationDataCollector,
+    HistogramCalibrater,
     TensorData,
     TensorsData,
-    create_calibrator,
     load_tensors_data,
     save_tensors_data,
 )
@@ -38,31 +40,64 @@ from onnxruntime.quantization.calibrate import (
 from lprnet.errors import InputError
 from lprnet.io import atomic_path
 from lprnet.model.data import to_network_input
+from lprnet.optimize.calibrate import (
+    ACTIVATION_DTYPE_ARGS,
+    BATCH_SIZE,
+    METHODS,
+    RangeObserver,
+    check_images,
+    get_method,
+)
 
 TORCH_RANGES = "torch"  # the `calibrate.onnx_method` that takes the PyTorch int8 model's ranges instead
-CALIBRATION_METHODS = {
-    "minmax": CalibrationMethod.MinMax,
-    "percentile": CalibrationMethod.Percentile,
-    "entropy": CalibrationMethod.Entropy,
-}
+ONNX_METHODS = (TORCH_RANGES, *sorted(METHODS))
 # Quantized op types: the backbone's convolutions (BN is folded into them at export) and the max pools between.
 QUANTIZED_OP_TYPES = ["Conv", "MaxPool"]
 
 
-def calibration_method(name: str) -> CalibrationMethod:
-    if name not in CALIBRATION_METHODS:
-        raise InputError(f"unknown calibration method {name!r}; valid: {', '.join(CALIBRATION_METHODS)}")
-    return CALIBRATION_METHODS[name]
+def check_onnx_method(name: str) -> None:
+    """`name` is a source of ONNX int8 ranges: `torch` or a calibration method of the registry."""
+    if name not in ONNX_METHODS:
+        raise InputError(f"unknown calibration method {name!r}; choose one of: {', '.join(ONNX_METHODS)}")
 
 
 class ImageBatches(CalibrationDataReader):
-    # Batch 1: the histogram calibrators stack per-run outputs and refuse a ragged last batch.
-    def __init__(self, images: np.ndarray, input_name: str, batch_size: int = 1):
+    def __init__(self, images: np.ndarray, input_name: str, batch_size: int):
         self.batches = iter([{input_name: to_network_input(images[i:i + batch_size])}
                              for i in range(0, len(images), batch_size)])
 
     def get_next(self):
         return next(self.batches, None)
+
+
+class RangeCollector(CalibrationDataCollector):
+    """ONNX Runtime's collector interface, recording each calibrated tensor in an observer of the registry's method
+    (a PyTorch HistogramObserver: exact [min, max] and a 2048-bin histogram, as on the PyTorch path) and turning it
+    into a range with that method's rule.
+
+    ONNX Runtime's own collectors are not used because they compute other statistics under the same names: their
+    histograms span [-max|x|, max|x|] (a ReLU output fills half the bins), their percentile splits the clipped share
+    between the two ends, their entropy search is symmetric about zero over 128 bins by default, and they have no
+    L2 search. Its min-max calibrator computes what `minmax` does here (the exact range), so the recorded
+    statistics serve that method too and one code path serves all four."""
+
+    def __init__(self, observer: type[RangeObserver]):
+        self.observer = observer
+        self.observers: dict[str, RangeObserver] = {}
+
+    def collect(self, name_to_arr: dict[str, list[np.ndarray]]) -> None:
+        for name, arrays in name_to_arr.items():
+            if name not in self.observers:
+                self.observers[name] = self.observer(**ACTIVATION_DTYPE_ARGS)
+            for array in arrays:
+                self.observers[name](torch.from_numpy(np.ascontiguousarray(array)))
+
+    def compute_collection_result(self) -> dict[str, TensorData]:
+        ranges = {}
+        for name, observer in self.observers.items():
+            low, high = observer.select_range()
+            ranges[name] = TensorData(lowest=np.float32(float(low)), highest=np.float32(float(high)))
+        return ranges
 
 
 def context_nodes(model: onnx.ModelProto) -> list[str]:
@@ -72,22 +107,29 @@ def context_nodes(model: onnx.ModelProto) -> list[str]:
 
 
 def calibrate_onnx(fp32_path: str | os.PathLike, images: np.ndarray, method: str, cache_path: str | os.PathLike,
-                   percentile: float = 99.999) -> None:
-    """Run the fp32 model over `images` (the calib split) and write ONNX Runtime's range cache."""
-    model = onnx.load(str(fp32_path))
-    input_name = model.graph.input[0].name
+                   batch_size: int = BATCH_SIZE) -> None:
+    """Run the fp32 model over `images` (the calib split) in ONNX Runtime and write the range `method` chooses for
+    every input and output of its Conv and MaxPool nodes, as ONNX Runtime's range cache.
+
+    ONNX Runtime's histogram calibrator selects those tensors, adds them to the graph's outputs and runs it; our
+    collector records them one batch at a time: in the batches `calibrate` uses, so that both runtimes merge their
+    histograms alike, and holding no more than one batch's activations in memory."""
+    collector = RangeCollector(get_method(method))
+    check_images(images, batch_size)
     with tempfile.TemporaryDirectory(prefix="calibrate.") as work:
-        calibrator = create_calibrator(Path(fp32_path), QUANTIZED_OP_TYPES,
-                                       augmented_model_path=str(Path(work) / "augmented.onnx"),
-                                       calibrate_method=calibration_method(method),
-                                       extra_options={"percentile": percentile, "symmetric": False})
-        calibrator.collect_data(ImageBatches(images, input_name))
-        ranges = calibrator.compute_data()
-    # compute_data's order follows a set of tensor names (it varies with Python's hash seed); sorted, equal ranges
-    # give an equal file.
-    ranges = TensorsData(ranges.calibration_method, {name: ranges[name] for name in sorted(ranges.data)})
+        calibrator = HistogramCalibrater(Path(fp32_path), QUANTIZED_OP_TYPES,
+                                         augmented_model_path=str(Path(work) / "augmented.onnx"))
+        calibrator.collector = collector  # read by collect_data, which creates ONNX Runtime's own only when unset
+        calibrator.augment_graph()
+        calibrator.create_inference_session()
+        input_name = calibrator.infer_session.get_inputs()[0].name
+        for start in range(0, len(images), batch_size):
+            calibrator.collect_data(ImageBatches(images[start:start + batch_size], input_name, batch_size))
+    # Sorted by tensor name, so that equal ranges give an equal file. Labelled MinMax, as torch_int8_plan's: the
+    # ranges are final, and quantize_static only checks that the label matches the method it is called with.
+    ranges = collector.compute_collection_result()
     with atomic_path(cache_path) as tmp:
-        save_tensors_data(ranges, tmp)
+        save_tensors_data(TensorsData(CalibrationMethod.MinMax, dict(sorted(ranges.items()))), tmp)
 
 
 def _uint8_range(scale: float, zero_point: int) -> TensorData:
@@ -103,18 +145,22 @@ def _quantized_weight(module: torch.nn.Module) -> torch.Tensor | None:
 
 
 class _OnnxNodes:
-    """Finds the ONNX node that computes an FX module of the same float model.
+    """Finds the ONNX node that computes an FX module of the same float model, by graph structure and order only
+    (the exported file keeps no name scopes, see onnx_export.py).
 
     The exporter folds batch norm into the convolution and names the result after the batch norm, so convolutions
-    are paired by order instead: the k-th FX convolution of a weight shape with the k-th ONNX Conv of that shape,
-    both graphs being in forward order. Their weights are not compared: the plan replaces them with the int8
-    model's, which quantization-aware training may have moved far from the export's (tiny published weights moved
-    80 % in two steps). Other modules are found by the exporter's name scopes."""
+    are paired by order: the k-th FX convolution of a weight shape with the k-th ONNX Conv of that shape, both graphs
+    being in forward order. Their weights are not compared: the plan replaces them with the int8 model's, which
+    quantization-aware training may have moved far from the export's. Max pools, which have no weight, are paired
+    the same way: the k-th MaxPool2d the FX graph calls with the k-th ONNX MaxPool, of the same kernel and strides."""
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, quantized: torch.fx.GraphModule):
         self.nodes = list(model.graph.node)
         self.initializers = {init.name: init for init in model.graph.initializer}
         self.found: dict[str, onnx.NodeProto] = {}
+        modules = dict(quantized.named_modules())
+        self.pools = [node.target for node in quantized.graph.nodes
+                      if node.op == "call_module" and isinstance(modules[node.target], torch.nn.MaxPool2d)]
 
     def consumers(self, tensor: str, op_type: str) -> list[onnx.NodeProto]:
         return [node for node in self.nodes if node.op_type == op_type and tensor in node.input]
@@ -129,9 +175,13 @@ class _OnnxNodes:
             matches = [node for node in self.nodes if node.op_type == "Conv" and id(node) not in taken
                        and list(getattr(self.initializers.get(node.input[1]), "dims", [])) == shape][:1]
             what = f"Conv with {tuple(shape)} weights left"
+        elif isinstance(module, torch.nn.MaxPool2d):
+            pools, position = [node for node in self.nodes if node.op_type == "MaxPool"], self.pools.index(name)
+            matches = [pools[position]] if len(pools) == len(self.pools) else []
+            matches = [node for node in matches if _pool_attributes(node) == _pool_attributes(module)]
+            what = f"MaxPool with {_pool_attributes(module)} at position {position + 1} of {len(self.pools)}"
         else:
-            matches = [node for node in self.nodes if name in _name_scopes(node)]
-            what = "node in this module's name scope"
+            raise InputError(f"{name}: a quantize feeds a {type(module).__name__}, which has no ONNX counterpart here")
         if len(matches) != 1:
             raise InputError(f"{name}: expected one ONNX {what}, found {len(matches)}; the ONNX and the int8 model "
                              f"must come from the same float model")
@@ -139,9 +189,14 @@ class _OnnxNodes:
         return matches[0]
 
 
-def _name_scopes(node: onnx.NodeProto) -> list[str]:
-    scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "[]")
-    return ast.literal_eval(scopes)
+def _pool_attributes(pool: onnx.NodeProto | torch.nn.MaxPool2d) -> dict[str, list[int]]:
+    """Kernel and strides of an ONNX MaxPool or a PyTorch MaxPool2d, in ONNX's terms."""
+    if isinstance(pool, torch.nn.MaxPool2d):
+        kernel, stride = ([*value] if isinstance(value, (tuple, list)) else [value, value]
+                          for value in (pool.kernel_size, pool.stride or pool.kernel_size))
+        return {"kernel_shape": kernel, "strides": stride}
+    attributes = {attribute.name: list(attribute.ints) for attribute in pool.attribute}
+    return {key: attributes.get(key, [1, 1]) for key in ("kernel_shape", "strides")}
 
 
 @dataclass(frozen=True)
@@ -166,11 +221,10 @@ def torch_int8_plan(fp32: onnx.ModelProto, quantized: torch.fx.GraphModule) -> Q
     integers, up to its symmetric range of +-127 against PyTorch's -128..127).
 
     The two int8 models then round where, and as, each other; they differ in kernel arithmetic only (ONNX
-    Runtime's int32 bias, PyTorch's float bias). Measured on the default profile's pruned model: plates agree on
-    99.5 % of the test split, 99.1 % with the ranges alone, 98.7 % with ONNX Runtime's percentile ranges.
+    Runtime's int32 bias, PyTorch's float bias).
     """
     fp32 = copy.deepcopy(fp32)
-    finder = _OnnxNodes(fp32)
+    finder = _OnnxNodes(fp32, quantized)
     modules = dict(quantized.named_modules())
     ranges: dict[str, TensorData] = {}
     keep_float: list[str] = []

@@ -1,10 +1,13 @@
-"""Calibration for post-training static int8 quantization: activation statistics from the calibration split.
+"""Calibration for post-training static int8 quantization: activation statistics from the calibration split, and
+the registry of calibration methods (`METHODS`) that both int8 runtimes use.
 
 `calibrate` traces LPRNet with PyTorch FX, inserts one observer per activation that the int8 model quantizes, runs
 the calibration images through it and returns the observers' statistics as a plain dict (tensors, numbers,
 strings) that `torch.load(weights_only=True)` reads back. Every observer records the same statistics, a
 2048-bin histogram over the exact [min, max] of the tensor; the calibration method is only the rule that turns
-them into a clipping range (`METHODS`), so one calibration pass serves every method.
+them into a clipping range, so one calibration pass serves every method. The ONNX Runtime path
+(lprnet.compile.onnx_int8.calibrate_onnx) records the same statistics for the ONNX graph's tensors and applies the
+same rules, so `calibrate.method` and `calibrate.onnx_method` name the same thing.
 
 This file also decides which part of the network is int8 (`qconfig_mapping`), because the observed tensors, and
 so the artifact's keys, follow from that choice; quantize.py rebuilds exactly this graph. It does not convert to
@@ -34,35 +37,38 @@ from lprnet.model.network import INPUT_HEIGHT, INPUT_WIDTH, LPRNet
 
 FORMAT = "lprnet-calibration/1"
 HISTOGRAM_BINS = 2048
+PERCENTILE = 99.99  # the `percentile` method, in both runtimes: each end of the histogram clips 100 - this %
+BATCH_SIZE = 32  # images per forward pass; histograms merge per batch, so both runtimes read the same batches
 
-# Measured with the published weights, histogram method, on the 498 shared images (relative logit error vs fp32,
-# share of plates predicted as fp32 does). The global context stays float: its normalisation (square, per-sample
-# sum, division) has no int8 kernels anyway, and making the rest int8 (the two average pools, the concatenation of
-# four maps with unrelated ranges under one scale, `container`, the mean) raised the error 0.015 -> 0.023 and cost
-# 0.6 points of plate accuracy for no measurable speed (~2 % of the MACs). Three of the four context taps stay
-# int8 and are dequantized where they enter the pools.
+# The global context stays float: its normalisation (square, per-sample sum, division) has no int8 kernels, and
+# making the rest of it int8 (the two average pools, the concatenation of four maps with unrelated ranges under one
+# scale, `container`, the mean) costs plate accuracy for no measurable speed, the context being a small share of
+# the MACs. Three of the four context taps stay int8 and are dequantized where they enter the pools.
 FLOAT_MODULES = ("pool_stem", "pool_block", "container") + (
-    # The fourth, block 3's output (last conv, batch norm, ReLU; 9 % of the MACs), stays float: the context reads
-    # all 256 of its channels, with values up to ~300, while the backbone reads only every 4th, all below ~10.
-    # One int8 scale for both leaves the backbone's channels about a dozen levels; in float, the channel-select
-    # pool's own int8 scale fits them. Error 0.038 -> 0.015, predictions equal to fp32's 94.6 % -> 97.6 %.
+    # The fourth, block 3's output (last conv, batch norm, ReLU), stays float: the context reads all of its
+    # channels, with values far larger than those of the every-4th channel the backbone reads, so one int8 scale
+    # for both would leave the backbone's channels only a few levels; in float, the channel-select pool's own int8
+    # scale fits them.
     "backbone.11.block.6", "backbone.12", "backbone.13",
 )
 # Functions and tensor methods that appear only in the context arithmetic and the final mean (the backbone calls
 # modules and slices only), so setting them float by type touches nothing else.
 FLOAT_FUNCTIONS = ("pow", "sum", "mean", operator.mul, operator.truediv, torch.cat)
 
-# Full 8-bit activations, not PyTorch's x86 default of 7 bits (reduce_range): 7 bits raised the error 0.015 ->
-# 0.018 (-0.4 points; -5.4 points before block 3's output was kept float). The 7-bit default guards against int16
-# saturation in FBGEMM's u8 x s8 kernels on x86 CPUs without VNNI (AVX2 only); the CPU measured (AMD EPYC) has
-# AVX512-VNNI. For CPUs without VNNI set reduce_range=True here and re-measure.
+# Full 8-bit activations, not PyTorch's x86 default of 7 bits (reduce_range), which costs accuracy. The 7-bit
+# default guards against int16 saturation in FBGEMM's u8 x s8 kernels on x86 CPUs without VNNI (AVX2 only); the
+# target CPU has AVX512-VNNI. For CPUs without VNNI set reduce_range=True here and re-measure.
 ACTIVATION_DTYPE_ARGS = {"dtype": torch.quint8, "qscheme": torch.per_tensor_affine, "reduce_range": False}
 WEIGHT_OBSERVER = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
 
 
 class RangeObserver(HistogramObserver):
     """A histogram over the exact [min, max] of everything observed; subclasses choose the quantization range
-    from it in `select_range`. All methods share this state, so any method's statistics load into any other."""
+    from it in `select_range`. All methods share this state, so any method's statistics load into any other.
+
+    The recording is PyTorch's HistogramObserver's own. Ours is only the split between recording and rule: PyTorch
+    ties its histogram to one rule (the L2 search) and ONNX Runtime's calibrators each record their own histogram
+    for their own rule, so neither lets one recorded histogram be turned into a range by any method."""
 
     def __init__(self, **kwargs):
         super().__init__(bins=HISTOGRAM_BINS, **kwargs)
@@ -83,15 +89,16 @@ class RangeObserver(HistogramObserver):
 
 
 class MinMaxRange(RangeObserver):
-    """The full observed range: no clipping, so one outlier widens every quantization step."""
+    """The full observed range: no clipping, so one outlier widens every quantization step. What PyTorch's
+    MinMaxObserver and ONNX Runtime's MinMaxCalibrater compute; here it reads the recorded exact range."""
 
     def select_range(self):
         return self.min_val, self.max_val
 
 
 class L2Range(RangeObserver):
-    """PyTorch's histogram search: the range minimising the expected L2 quantization error (clipping plus
-    rounding) under the histogram."""
+    """PyTorch's histogram search (HistogramObserver's own code): the range minimising the expected L2
+    quantization error (clipping plus rounding) under the histogram. ONNX Runtime has no such method."""
 
     def select_range(self):
         return self._non_linear_param_search()
@@ -99,9 +106,11 @@ class L2Range(RangeObserver):
 
 class PercentileRange(RangeObserver):
     """Clips each end of the histogram at a percentile: the lowest and the highest (100 - `percentile`) % of the
-    observed values fall outside the range."""
+    observed values fall outside the range. Our own: PyTorch has no percentile observer, and ONNX Runtime's
+    percentile calibrator reads its own histogram, symmetric about zero over [-max|x|, max|x|] (a ReLU output fills
+    half of its bins), and splits the clipped share between the two ends."""
 
-    percentile = 99.99
+    percentile = PERCENTILE
 
     def select_range(self):
         cumulative = torch.cumsum(self.histogram.double(), 0)
@@ -115,7 +124,9 @@ class EntropyRange(RangeObserver):
     """The TensorRT / MXNet KL-divergence rule: the upper clip whose int8 rendering of the histogram loses the
     least information. Only the upper end is searched; every activation quantized here but the network input is a
     ReLU output starting at 0, and the input's range is fixed by the normalisation. Known weakness: on sparse,
-    few-valued histograms (a random network's class scores) the search clips far too much."""
+    few-valued histograms (a random network's class scores) the search clips far too much. Our own: PyTorch has no
+    entropy observer, and ONNX Runtime's entropy calibrator searches thresholds symmetric about zero on its own
+    histogram (by default 128 bins for 128 levels, which leaves only the full range to choose)."""
 
     def select_range(self):
         levels = self.quant_max - self.quant_min + 1
@@ -173,13 +184,14 @@ def smooth(distribution: np.ndarray, eps: float) -> np.ndarray:
     return np.where(zero, eps, distribution - taken).clip(min=0)
 
 
+# The calibration registry of both int8 runtimes: `calibrate.method` (PyTorch) and `calibrate.onnx_method` (ONNX
+# Runtime, besides `torch`) name one of these rules.
 METHODS: dict[str, type[RangeObserver]] = {
     "minmax": MinMaxRange,
     "histogram": L2Range,
     "percentile": PercentileRange,
     "entropy": EntropyRange,
 }
-DEFAULT_METHOD = "histogram"
 
 
 def get_method(name: str) -> type[RangeObserver]:
@@ -250,18 +262,12 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def calibrate(model: LPRNet, images: np.ndarray, method: str, batch_size: int = 32) -> dict:
+def calibrate(model: LPRNet, images: np.ndarray, method: str, batch_size: int = BATCH_SIZE) -> dict:
     """Observe every quantized activation of `model` on (N,24,94,3) uint8 BGR calibration images.
 
     Returns {format, method, num_images, model_sha256, observers: {node: {min_val, max_val, histogram}}}."""
     get_method(method)
-    if images.ndim != 4 or images.shape[1:] != (INPUT_HEIGHT, INPUT_WIDTH, 3) or images.dtype != np.uint8:
-        raise InputError(f"calibration images must be (N,{INPUT_HEIGHT},{INPUT_WIDTH},3) uint8, got "
-                         f"{images.shape} {images.dtype}")
-    if len(images) == 0:
-        raise InputError("no calibration images")
-    if batch_size < 1:
-        raise InputError(f"batch size must be at least 1, got {batch_size}")
+    check_images(images, batch_size)
     prepared = prepare_observed(model, method)
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
@@ -270,6 +276,17 @@ def calibrate(model: LPRNet, images: np.ndarray, method: str, batch_size: int = 
                   for name, observer in observers(prepared).items()}
     return {"format": FORMAT, "method": method, "num_images": len(images), "model_sha256": model_fingerprint(model),
             "observers": statistics}
+
+
+def check_images(images: np.ndarray, batch_size: int) -> None:
+    """Calibration images are a non-empty (N,24,94,3) uint8 BGR array, read in batches of at least one."""
+    if images.ndim != 4 or images.shape[1:] != (INPUT_HEIGHT, INPUT_WIDTH, 3) or images.dtype != np.uint8:
+        raise InputError(f"calibration images must be (N,{INPUT_HEIGHT},{INPUT_WIDTH},3) uint8, got "
+                         f"{images.shape} {images.dtype}")
+    if len(images) == 0:
+        raise InputError("no calibration images")
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
 
 
 def save_calibration(path: str | os.PathLike, calibration: dict) -> None:
