@@ -12,8 +12,8 @@ from lprnet.model.data import hash_split, list_images, load_folder
 from lprnet.model.network import LPRNet, LPRNetConfig
 from lprnet.optimize.calibrate import (
     ACTIVATION_DTYPE_ARGS,
-    DEFAULT_METHOD,
     METHODS,
+    PERCENTILE,
     EntropyRange,
     L2Range,
     MinMaxRange,
@@ -26,10 +26,11 @@ from lprnet.optimize.calibrate import (
 from lprnet.optimize.quantize import FORMAT, is_quantized_artifact, load_quantized, quantize, save_quantized
 from lprnet.runtime.evaluate import evaluate, predict_texts
 from lprnet.runtime.torch_runtime import TorchPredictor
-from tests.conftest import as_input
+from tests.conftest import as_input, repo_params
 
+DEFAULT_METHOD = repo_params("calibrate")["method"]  # params.yaml's, the one home of every default
 # The entropy rule is left out of the random-model fidelity test: KL search mis-clips the sparse histograms of a
-# random network's class tap (relative logit error ~0.9 measured), a known limit of the rule, not of this code.
+# random network's class tap, a known limit of the rule, not of this code.
 ROBUST_METHODS = ("minmax", "histogram", "percentile")
 
 
@@ -51,6 +52,7 @@ def observe(observer_class, values: torch.Tensor):
 def test_unknown_method_lists_the_valid_names(random_model, calibration_images):
     with pytest.raises(ValueError, match="unknown calibration method 'kl'") as error:
         calibrate(random_model, calibration_images, "kl")
+    assert str(error.value).endswith("choose one of: entropy, histogram, minmax, percentile")
     for name in METHODS:
         assert name in str(error.value)
 
@@ -79,7 +81,8 @@ def test_percentile_range_matches_numpy_within_a_bin():
     observer = observe(PercentileRange, values)
     low, high = observer.select_range()
     bin_width = float(observer.max_val - observer.min_val) / observer.bins
-    expected = np.percentile(values.numpy(), [100 - PercentileRange.percentile, PercentileRange.percentile])
+    assert PercentileRange.percentile == PERCENTILE  # the one percentile of both runtimes (see test_quantize_onnx)
+    expected = np.percentile(values.numpy(), [100 - PERCENTILE, PERCENTILE])
     assert abs(float(low) - expected[0]) <= 2 * bin_width and abs(float(high) - expected[1]) <= 2 * bin_width
 
 

@@ -1,9 +1,11 @@
 """train_ctc's `keep_start`: fine-tuning validates the starting weights and returns them when no later validation
-beats them (the published weights lost everything in train mode, see train.py); distillation towards a teacher."""
+beats them (the published weights lose their accuracy in train mode, see train.py); distillation towards a teacher;
+TrainConfig without defaults, epochs as steps, and what every fine-tuning shares."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -18,6 +20,8 @@ from lprnet.optimize.train import (
     augment,
     distill,
     distillation_loss,
+    epoch_steps,
+    finetune_config,
     train_ctc,
 )
 from lprnet.runtime.evaluate import evaluate
@@ -31,7 +35,8 @@ def states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 def wrecking_config(keep_start: bool) -> TrainConfig:
     # A learning rate of 1 ruins the weights within a step; validation after steps 2 and 4.
-    return TrainConfig(steps=4, batch_size=8, lr=1.0, eval_every=2, patience=10, threads=2, keep_start=keep_start)
+    return TrainConfig(steps=4, batch_size=8, lr=1.0, weight_decay=1e-4, eval_every=2, patience=10, seed=0, threads=2,
+                       keep_start=keep_start)
 
 
 def test_a_fine_tuning_that_no_validation_prefers_returns_the_starting_weights(random_model, latin,
@@ -58,8 +63,8 @@ def test_pruned_published_weights_keep_their_accuracy_through_fine_tuning(publis
     train, validation = (images[:96], labels[:96]), (images[96:], labels[96:])
     start = evaluate(TorchPredictor(copy.deepcopy(model), alphabet), *validation)["accuracy"]
     history = train_ctc(model, alphabet, train, validation,
-                        TrainConfig(steps=6, batch_size=16, lr=5e-4, eval_every=3, patience=10, threads=2,
-                                    keep_start=True))
+                        TrainConfig(steps=6, batch_size=16, lr=5e-4, weight_decay=1e-4, eval_every=3, patience=10,
+                                    seed=0, threads=2, keep_start=True))
     final = evaluate(TorchPredictor(model, alphabet), *validation)["accuracy"]
     assert history[0]["val_accuracy"] == start > 0.8
     assert final == max(row["val_accuracy"] for row in history) >= start
@@ -85,7 +90,8 @@ def test_distillation_moves_the_student_towards_the_teacher_without_reading_labe
 
     before = gap(student)
     statistics = {k: v.clone() for k, v in student.state_dict().items() if "running" in k}
-    config = TrainConfig(steps=12, batch_size=8, lr=3e-3, eval_every=6, patience=10, threads=2)
+    config = TrainConfig(steps=12, batch_size=8, lr=3e-3, weight_decay=1e-4, eval_every=6, patience=10, seed=0,
+                         threads=2, keep_start=False)
     images, labels = images_and_labels
     distilled = copy.deepcopy(student)
     history = distill(distilled, teacher, latin, images_and_labels, images_and_labels, config)
@@ -106,3 +112,23 @@ def test_augment_keeps_the_shape_and_moves_pixels_within_its_bounds(images_and_l
     # Contrast, brightness and 4 sigma of noise bound how far a value can move from the value range.
     bound = (1 + MAX_CONTRAST_CHANGE) * x.abs().max() + MAX_BRIGHTNESS_SHIFT + 4 * MAX_NOISE
     assert jittered.abs().max() <= bound
+
+
+def test_every_train_setting_is_stated_by_its_caller():
+    assert all(field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+               for field in dataclasses.fields(TrainConfig))
+    with pytest.raises(ValueError, match="TrainConfig.steps"):
+        dataclasses.replace(wrecking_config(keep_start=False), steps=0)
+
+
+def test_epochs_count_a_last_partial_batch_and_give_at_least_one_step():
+    assert epoch_steps(2.0, 100, 32) == 8  # 4 batches per epoch
+    assert epoch_steps(0.5, 200, 16) == 6  # 13 batches per epoch, 6.5 rounded to even
+    assert epoch_steps(0.01, 100, 32) == 1
+
+
+def test_a_fine_tuning_validates_five_times_keeps_the_start_and_never_stops_early():
+    config = finetune_config(steps=300, batch_size=16, lr=5e-4, seed=3, threads=2)
+    assert (config.steps, config.eval_every, config.keep_start, config.seed) == (300, 60, True, 3)
+    assert config.patience > config.steps
+    assert finetune_config(steps=3, batch_size=16, lr=5e-4, seed=0, threads=2).eval_every == 1

@@ -1,8 +1,10 @@
 """Labelled plate images: folders in the LPRNet_Pytorch convention, deterministic splits, and split files.
 
-A split file is an `.npz` with `images` (N,24,94,3) uint8 BGR and `labels` (N,) unicode strings, loaded without
-pickle. This module does not render plates (see synth.py) and does not normalise for a network beyond
-`to_network_input`.
+A folder is split by its `calib/`, `finetune/` (or `train/`) and `test/` subfolders when it has them, else by a hash
+of each file name (`hash_split`), so a file stays in its split whatever else the folder holds. A split file is an
+`.npz` with `images` (N,24,94,3) uint8 BGR and `labels` (N,) unicode strings, loaded without pickle. This module
+does not render plates (see synth.py), does not read params (see lprnet/pipeline/data_step.py) and does not
+normalise for a network beyond `to_network_input`.
 """
 
 from __future__ import annotations
@@ -75,6 +77,27 @@ def load_folder(files: list[Path], alphabet: Alphabet) -> tuple[np.ndarray, np.n
 
 def empty_images() -> np.ndarray:
     return np.empty((0, INPUT_HEIGHT, INPUT_WIDTH, 3), dtype=np.uint8)
+
+
+# Subfolder names accepted when a folder is already split; `finetune` and `train` are the same split.
+SPLIT_FOLDERS = {"calib": "calib", "finetune": "train", "train": "train", "test": "test"}
+
+
+def folder_splits(folder: str | os.PathLike, fractions: dict[str, float]) -> dict[str, list[Path]]:
+    """The image files of each split: the subfolders' (SPLIT_FOLDERS) when `folder` has any, as
+    {"train", "calib", "test"}; else every image of `folder` by `hash_split` over `fractions` (split name -> share,
+    each >= 0, summing to 1), in the order of `fractions`."""
+    folder = Path(folder)
+    subfolders = {name: folder / name for name in SPLIT_FOLDERS if (folder / name).is_dir()}
+    if subfolders:
+        splits: dict[str, list[Path]] = {"train": [], "calib": [], "test": []}
+        for name, path in subfolders.items():
+            splits[SPLIT_FOLDERS[name]] += list_images(path)
+        return splits
+    splits = {name: [] for name in fractions}
+    for path in list_images(folder):
+        splits[hash_split(path.name, fractions)].append(path)
+    return splits
 
 
 def hash_split(name: str, fractions: dict[str, float]) -> str:

@@ -2,7 +2,7 @@
 
 Each image is a pure function of (seed, index), so a split renders the same bytes on any machine with the pinned
 Pillow and NumPy, and any slice of it can be rendered alone. Uses only Pillow's bundled font so that nothing
-outside the repo is needed. Does not write files (see stages/data.py).
+outside the repo is needed. Does not write files or read params (see lprnet/pipeline/data_step.py).
 """
 
 from __future__ import annotations

@@ -118,7 +118,7 @@ def save_quantized(path: str | os.PathLike, float_config: LPRNetConfig, alphabet
 
 
 # torch.save writes a per-channel quantized tensor with float64 scales and int64 zero points: 16 bytes per output
-# channel next to its int8 weights, which is most of the margin to 30 % on a pruned model. Symmetric weights have
+# channel next to its int8 weights, a large share of a pruned model's narrow layers. Symmetric weights have
 # zero points of 0, so the file keeps int8 values and float32 scales and rebuilds the quantized tensor on load.
 PACKED = ".packed_int8"
 

@@ -3,8 +3,10 @@
 `train_ctc` fits the labels; `distill` fits a teacher model's per-frame output distributions instead. Both use
 AdamW with a one-cycle learning-rate schedule, periodic validation on a held-out split (never the test split),
 early stop when validation accuracy has not improved for `patience` checks, and the best weights restored at the
-end (with `keep_start`, the starting weights compete too). Channels-last memory format: ~1.5x faster
-training on this CPU. Does not load or save files.
+end (with `keep_start`, the starting weights compete too). Batches are in channels-last memory format, which
+PyTorch's CPU convolutions run faster. `TrainConfig` is built by the stages from their params sections (it has no
+defaults: every stage states every setting); `finetune_config` holds what every fine-tuning shares. Does not load
+or save files, and does not read params.yaml.
 """
 
 from __future__ import annotations
@@ -25,18 +27,41 @@ from lprnet.runtime.torch_runtime import TorchPredictor
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: float = 2.0
-    steps: int = 0  # when > 0, the number of optimizer steps (overrides epochs), as for fine-tuning
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    eval_every: int = 200  # steps between validations
-    patience: int = 5  # validations without improvement before stopping
-    seed: int = 0
-    threads: int = 2
-    # Fine-tuning: validate the starting weights too (history row at step 0) and return them when no later validation
-    # beats them, so fine-tuning cannot make a model worse on the validation split than it started.
-    keep_start: bool = False
+    steps: int  # optimizer steps (see epoch_steps for a number of epochs)
+    batch_size: int
+    lr: float  # the one-cycle schedule's peak
+    weight_decay: float
+    eval_every: int  # steps between validations (and the last step)
+    patience: int  # validations without improvement before stopping
+    seed: int  # batch order, dropout and augmentation
+    threads: int
+    # Validate the starting weights too (history row at step 0) and return them when no later validation beats
+    # them, so that fine-tuning cannot leave a model worse on the validation split than it started.
+    keep_start: bool
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "eval_every", "patience", "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be at least 1, got {getattr(self, name)!r}")
+
+
+def epoch_steps(epochs: float, num_images: int, batch_size: int) -> int:
+    """Optimizer steps for `epochs` passes over `num_images` in batches of `batch_size` (a last partial batch counts
+    as a step), at least one."""
+    return max(1, round(epochs * math.ceil(num_images / batch_size)))
+
+
+# Fine-tuning (pruning, QAT) validates five times, never stops early and keeps the start when nothing beats it.
+# Its weight decay is fixed here: the prune and quantize sections of params.yaml have no key for it.
+FINETUNE_VALIDATIONS = 5
+FINETUNE_WEIGHT_DECAY = 1e-4
+
+
+def finetune_config(steps: int, batch_size: int, lr: float, seed: int, threads: int) -> TrainConfig:
+    """The TrainConfig of a fine-tuning of `steps` steps from weights that are already good."""
+    return TrainConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=FINETUNE_WEIGHT_DECAY,
+                       eval_every=max(1, steps // FINETUNE_VALIDATIONS), patience=10**9, seed=seed, threads=threads,
+                       keep_start=True)
 
 
 def ctc_loss(logits: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor, blank: int):
@@ -108,8 +133,8 @@ def distill(model: LPRNet, teacher: torch.nn.Module, alphabet: Alphabet, train: 
     a target); return the history, one row per validation (on the labels).
 
     Batch norm stays frozen (eval mode): the published weights' running statistics are far from their batch
-    statistics, and in train mode a student pruned by 0.5 reached 33 % validation accuracy after 800 steps,
-    against 75 % with frozen statistics (one scratch run each, half of every batch synthetic plates)."""
+    statistics on these plates, so in train mode the student would be fitted as another function than the one it
+    computes in eval mode, where it is validated and used."""
     teacher = teacher.eval()
 
     def batch_loss(x: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
@@ -129,7 +154,7 @@ def _fit(model: LPRNet, alphabet: Alphabet, train: tuple[np.ndarray, np.ndarray]
     generator = np.random.default_rng(config.seed)
     images, labels = train
     steps_per_epoch = math.ceil(len(images) / config.batch_size)
-    total_steps = config.steps if config.steps > 0 else max(1, round(config.epochs * steps_per_epoch))
+    total_steps = config.steps
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps,
@@ -137,8 +162,8 @@ def _fit(model: LPRNet, alphabet: Alphabet, train: tuple[np.ndarray, np.ndarray]
     history, best_accuracy, best_state, stale = [], -1.0, None, 0
     if config.keep_start:
         # Why: the published LPRNet weights carry batch-norm running statistics far from their batch statistics on
-        # plates (the stem's are still mean 0, variance 1), so in train mode they compute another function: 300
-        # fine-tuning steps on 145 plates ended at 0 % validation accuracy where the start, pruned by 0.3, had 90 %.
+        # plates (the stem's are still mean 0, variance 1), so in train mode they compute another function, and a
+        # short fine-tuning can end far below the accuracy it started from.
         start = evaluate(TorchPredictor(model, alphabet), *validation, batch_size=128)
         history.append({"step": 0, "epoch": 0.0, "train_loss": float("nan"), "val_accuracy": start["accuracy"],
                         "val_char_accuracy": start["char_accuracy"], "lr": schedule.get_last_lr()[0]})
