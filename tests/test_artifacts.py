@@ -15,8 +15,7 @@ from lprnet.pipeline.artifacts import (
     flat_benchmark,
     split_benchmark,
 )
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
 
 
 def every_metric(scale: float) -> dict:

@@ -5,11 +5,9 @@ import dataclasses
 
 import numpy as np
 import pytest
-import yaml
 
-from lprnet.pipeline.params import read_section
 from lprnet.runtime import bench
-from tests.conftest import params_from_repo, repo_params
+from tests.conftest import params_from_repo
 
 
 class FakeClock:
@@ -86,21 +84,6 @@ def test_a_non_positive_throughput_seconds_is_refused_by_name(seconds):
 def test_a_bad_count_is_refused_by_name(key, value):
     with pytest.raises(ValueError, match=f"^bench.{key} must be an integer >= "):
         params_from_repo("bench", bench.BenchConfig, **{key: value})
-
-
-def test_the_repositorys_section_is_valid_and_complete(tmp_path):
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"bench": repo_params("bench")}))
-    assert read_section(params, "bench", bench.BenchConfig) == params_from_repo("bench", bench.BenchConfig)
-
-
-@pytest.mark.parametrize("key", [field.name for field in dataclasses.fields(bench.BenchConfig)])
-def test_a_key_missing_from_the_section_fails_with_its_name(tmp_path, key):
-    """No code defaults: params.yaml is the one home of every bench setting."""
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"bench": {k: v for k, v in repo_params("bench").items() if k != key}}))
-    with pytest.raises(ValueError, match=f"missing key\\(s\\) {key}$"):
-        read_section(params, "bench", bench.BenchConfig)
 
 
 def test_the_clis_eval_gives_every_setting_itself():

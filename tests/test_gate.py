@@ -119,14 +119,6 @@ def test_params_come_from_the_section_with_checks_naming_the_key(tmp_path):
 
 
 @pytest.mark.parametrize("key", sorted(repo_params("gate")))
-def test_a_key_missing_from_the_section_fails_with_its_name(tmp_path, key):
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"gate": {k: v for k, v in repo_params("gate").items() if k != key}}))
-    with pytest.raises(ValueError, match=f"missing key\\(s\\) {key}$"):
-        gate.read_section(params, "gate", GateParams)
-
-
-@pytest.mark.parametrize("key", sorted(repo_params("gate")))
 @pytest.mark.parametrize("value", [-0.1, float("nan"), float("inf")])
 def test_a_bad_threshold_is_refused_by_name(key, value):
     with pytest.raises(ValueError, match=f"^gate.{key} must be a finite number >= 0"):

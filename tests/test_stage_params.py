@@ -4,7 +4,6 @@ one line before it writes anything, even with all its inputs in place."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 import runpy
@@ -20,7 +19,6 @@ from PIL import Image
 from lprnet.errors import InputError
 from lprnet.pipeline.baseline_step import BaselineParams
 from lprnet.pipeline.data_step import DataParams
-from lprnet.pipeline.params import read_section
 from lprnet.pipeline.prune_step import PruneParams
 from lprnet.pipeline.quantize_step import QuantizeParams
 from tests.conftest import REPO, params_from_repo, repo_params
@@ -83,21 +81,6 @@ def case_id(case) -> str:
     section, key, overrides = case
     shown = {k: "missing" if v is MISSING else v for k, v in overrides.items() if k not in FOLDER or k == key}
     return f"{section}.{key}=" + ",".join(f"{k}:{v}" for k, v in shown.items())
-
-
-@pytest.mark.parametrize("section", sorted(SECTIONS))
-def test_the_repository_params_are_valid(section):
-    params_from_repo(section, SECTIONS[section])
-
-
-@pytest.mark.parametrize("section,key", [(section, field.name) for section, cls in SECTIONS.items()
-                                         for field in dataclasses.fields(cls)])
-def test_a_missing_key_fails_naming_it(tmp_path, section, key):
-    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    del params[section][key]
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
-    with pytest.raises(InputError, match=rf": {section}: missing key\(s\) {key}$"):
-        read_section(tmp_path / "params.yaml", section, SECTIONS[section])
 
 
 @pytest.mark.parametrize("case", BAD, ids=case_id)
