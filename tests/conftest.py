@@ -84,3 +84,41 @@ def main_constants(mod) -> list[np.ndarray]:
 
     relax.analysis.post_order_visit(mod["main"].body, visit)
     return arrays
+
+
+# `make test-fast` runs `pytest -m "not slow and not e2e"`; these are marked slow. Whole modules: TVM builds and
+# MetaSchedule or RPC tuning, ONNX exports in most tests, stage scripts run in subprocesses. Single tests: those that
+# took 5 s or more here (--durations), and every test on the published weights (the full-size model over the shared
+# images: 50-200 s each). test_backends marks its TVM parameters itself; test_pipeline is e2e.
+SLOW_MODULES = ("test_tune_tvm", "test_tune_rpc", "test_compile_tvm", "test_quantize_onnx", "test_onnx_export",
+                "test_prune_stage")
+SLOW_TESTS = (  # module::function, every parameter
+    "test_calibrate_export_stages::test_the_calibrate_script_writes_both_runtimes_statistics",
+    "test_calibrate_export_stages::test_the_steps_calibrate_quantize_and_export_with_onnx_runtime_ranges",
+    "test_cli::test_eval_prints_the_common_metrics",
+    "test_data_stage::test_calibration_and_test_splits_are_disjoint",
+    "test_data_stage::test_empty_folder_and_bad_fractions_are_refused",
+    "test_data_stage::test_other_sizes_are_resized_or_refused_per_params",
+    "test_evaluate::test_batch_size_does_not_change_predictions",
+    "test_gate::test_gate_against_head_in_a_git_repo",
+    "test_model::test_batch_one_matches_the_original",
+    "test_model::test_output_of_an_image_does_not_depend_on_its_batch",
+    "test_prune::test_pruned_model_exports_to_onnx_and_matches_onnxruntime",
+    "test_prune::test_pruning_shrinks_params_macs_and_file_and_round_trips",
+    "test_qat::test_qat_fine_tunes_and_round_trips_through_the_int8_artifact",
+    "test_quantize::test_a_pruned_layout_quantizes_and_round_trips",
+    "test_quantize::test_int8_logits_close_to_fp32_on_a_random_model",
+    "test_quantize::test_int8_predictions_do_not_depend_on_batch_size",
+    "test_quantize::test_save_load_round_trip_gives_identical_logits",
+    "test_train::test_a_fine_tuning_that_no_validation_prefers_returns_the_starting_weights",
+    "test_train::test_distillation_moves_the_student_towards_the_teacher_without_reading_labels_or_batch_norm",
+)
+SLOW_FIXTURES = ("published_weights",)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        function = getattr(item, "originalname", item.name)
+        if (item.path.stem in SLOW_MODULES or f"{item.path.stem}::{function}" in SLOW_TESTS
+                or any(name in item.fixturenames for name in SLOW_FIXTURES)):
+            item.add_marker(pytest.mark.slow)

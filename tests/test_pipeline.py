@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -15,6 +16,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from lprnet.io import leftovers
+from lprnet.model.data import load_prepared
+from tests.pause_writes import pause_env, sitecustomize_dir, wait_until_paused
 
 REPO = Path(__file__).resolve().parents[1]
 COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "data", "models", "__pycache__", "*.egg-info", "cache",
@@ -143,43 +148,38 @@ def stage_outputs(repo: Path, stage: str) -> list[Path]:
             for kind in ("outs", "metrics", "plots") for out in spec.get(kind, [])]
 
 
-def snapshot(path: Path) -> dict[str, bytes] | None:
-    if not path.exists():
-        return None
-    if path.is_file():
-        return {"": path.read_bytes()}
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-def is_whole(path: Path) -> bool:
-    """A complete output of the benchmark stage, whichever run wrote it."""
-    if path.suffix == ".json":
-        return bool(json.loads(path.read_text()))
-    lines = path.read_text().splitlines()
-    return len(lines) > 1 and all(line.count(",") == lines[0].count(",") for line in lines)
-
-
-def test_a_stage_killed_mid_run_leaves_whole_outputs_or_none_and_repro_completes(repo):
-    stage = "benchmark"  # loads every artifact of the pipeline; only `report` comes after it
-    start = time.monotonic()
-    run([*DVC, "repro", "--force", "--single-item", stage], repo)
-    duration = time.monotonic() - start
-    outputs = stage_outputs(repo, stage)
-    before = {out: snapshot(out) for out in outputs}
-    for fraction in (0.3, 0.75):  # while loading artifacts, while timing
-        dvc = subprocess.Popen([*DVC, "repro", "--force", "--single-item", stage], cwd=repo, env=ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        time.sleep(duration * fraction)
-        os.killpg(dvc.pid, signal.SIGKILL)  # DVC and the stage's process, as the OOM killer or a lost machine would
+def test_a_stage_killed_while_writing_an_output_leaves_none_and_the_next_repro_completes(tmp_path):
+    """`dvc repro data` SIGKILLed (DVC and the stage, as the OOM killer or a lost machine would) while the stage is
+    half-way through the second file of data/prepared: no output exists, the partial folder only under its temporary
+    name; the next `dvc repro` runs the stage again, removes it and leaves whole outputs. The kill lands there
+    whatever the timing: tests/pause_writes.py stops the stage at that point and the test kills it once it has.
+    Which writers survive a kill at each point of a write, and that an in-place one would not: tests/test_io.py."""
+    root = tiny_copy(tmp_path / "lprnet")
+    prepared, marker = root / "data/prepared", tmp_path / "paused"
+    hooks = sitecustomize_dir(tmp_path / "hooks")  # every Python process of the run, the stage's included
+    env = {**ENV, **pause_env(prepared, "write:2", marker),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(hooks), ENV.get("PYTHONPATH")]))}
+    dvc = subprocess.Popen([*DVC, "repro", "data"], cwd=root, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_until_paused(dvc, marker)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the group is gone already if DVC failed before the pause
+            os.killpg(dvc.pid, signal.SIGKILL)
         dvc.wait(timeout=60)
-        for out in outputs:
-            after = snapshot(out)
-            assert after is None or after == before[out] or is_whole(out), f"{out} half-written at {fraction}"
-    run([*DVC, "repro"], repo)
-    assert json.loads(run([*DVC, "status", "--json"], repo).stdout) == {}
+    outputs = stage_outputs(root, "data")
     for out in outputs:
-        assert out.exists() and is_whole(out)
-        assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")], "temporary files left"
+        assert not out.exists(), f"{out} exists after the kill: written in place"
+    assert leftovers(prepared), "no temporary folder: the kill did not land while data/prepared was being written"
+
+    assert ran_stages(run([*DVC, "repro", "data"], root).stdout) == {"data"}
+    assert json.loads(run([*DVC, "status", "--json", "data"], root).stdout) == {}
+    sizes = json.loads((root / "metrics/data.json").read_text())
+    assert sizes == {"num_train": 96, "num_calib": 32, "num_test": 32}
+    for split in ("train", "calib", "test"):
+        assert len(load_prepared(prepared, split)[1]) == sizes[f"num_{split}"]
+    for out in outputs:
+        assert leftovers(out) == [], "the killed write's temporary files are still there"
 
 
 def ran_stages(log: str) -> set[str]:
