@@ -46,17 +46,21 @@ def latin():
     return get_alphabet("latin")
 
 
-@pytest.fixture
-def random_model(latin) -> LPRNet:
-    """A randomly initialised model with non-trivial batch-norm statistics, in eval mode."""
+def make_random_model(alphabet) -> LPRNet:
+    """A randomly initialised model (seed 0) with non-trivial batch-norm statistics, in eval mode."""
     torch.manual_seed(0)
-    model = LPRNet(LPRNetConfig(num_classes=latin.num_classes))
+    model = LPRNet(LPRNetConfig(num_classes=alphabet.num_classes))
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.2, 0.2)
                 module.running_var.uniform_(0.5, 1.5)
     return model.eval()
+
+
+@pytest.fixture
+def random_model(latin) -> LPRNet:
+    return make_random_model(latin)
 
 
 @pytest.fixture

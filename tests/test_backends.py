@@ -27,13 +27,13 @@ from lprnet.compile.onnx_int8 import quantize_qdq, torch_int8_plan
 from lprnet.model.alphabet import get_alphabet
 from lprnet.model.checkpoint import save_model
 from lprnet.model.data import to_network_input
-from lprnet.model.network import LPRNet, LPRNetConfig
+from lprnet.model.network import LPRNet
 from lprnet.model.synth import render_split
 from lprnet.optimize.calibrate import calibrate
 from lprnet.optimize.quantize import quantize, save_quantized
 from lprnet.runtime.evaluate import evaluate, predict_texts, score, texts_from_logits
 from lprnet.runtime.predictor import example_input, load_predictor
-from tests.conftest import repo_params
+from tests.conftest import make_random_model, repo_params
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["torch-fp32", "torch-int8", "onnxruntime-fp32", "onnxruntime-int8", "tvm-fp32", "tvm-int8"]
@@ -68,15 +68,7 @@ def alphabet():
 
 @pytest.fixture(scope="module")
 def model(alphabet) -> LPRNet:
-    """A randomly initialised model with non-trivial batch-norm statistics, in eval mode (as conftest's)."""
-    torch.manual_seed(0)
-    model = LPRNet(LPRNetConfig(num_classes=alphabet.num_classes))
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
-    return model.eval()
+    return make_random_model(alphabet)
 
 
 @pytest.fixture(scope="module")
