@@ -16,7 +16,7 @@ import torch
 
 from lprnet.compile.onnx_export import export_onnx, strip_exporter_metadata
 from lprnet.model.data import to_network_input
-from lprnet.model.network import INPUT_HEIGHT, INPUT_WIDTH
+from lprnet.model.input_spec import INPUT_HEIGHT, INPUT_WIDTH
 from lprnet.runtime.onnx_runtime import onnx_session
 from tests.conftest import REPO
 

@@ -20,7 +20,7 @@ import torch
 
 from lprnet.io import atomic_path
 from lprnet.model.alphabet import Alphabet
-from lprnet.model.network import INPUT_HEIGHT, INPUT_WIDTH
+from lprnet.model.input_spec import INPUT_HEIGHT, INPUT_WIDTH
 
 OPSET = 18
 

@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from lprnet.errors import InputError, MissingFileError
 from lprnet.io import atomic_path
 from lprnet.model.alphabet import Alphabet
-from lprnet.model.network import INPUT_HEIGHT, INPUT_WIDTH
+from lprnet.model.input_spec import INPUT_HEIGHT, INPUT_WIDTH, PIXEL_MEAN, PIXEL_SCALE
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 MAX_PIXELS = 4096 * 4096  # a plate crop is tiny; a header claiming more is corrupt or hostile, not a plate
@@ -128,7 +128,7 @@ def load_split(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 def to_network_input(images: np.ndarray) -> np.ndarray:
     """(N,24,94,3) uint8 BGR -> (N,3,24,94) float32, the LPRNet_Pytorch normalisation (x - 127.5) / 128."""
-    return ((images.astype(np.float32) - 127.5) * 0.0078125).transpose(0, 3, 1, 2).copy()
+    return ((images.astype(np.float32) - PIXEL_MEAN) * PIXEL_SCALE).transpose(0, 3, 1, 2).copy()
 
 
 def load_prepared(folder: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -14,9 +14,6 @@ from torch import nn
 
 from lprnet.errors import InputError
 
-INPUT_HEIGHT, INPUT_WIDTH = 24, 94
-SEQUENCE_LENGTH = 18  # logit columns produced for a 94-pixel-wide input
-
 # Indices in `backbone` whose outputs feed the global context, and their channel counts before the classes.
 CONTEXT_TAPS = (2, 6, 13, 22)
 

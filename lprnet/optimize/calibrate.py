@@ -33,7 +33,8 @@ from torch.ao.quantization.quantize_fx import prepare_fx
 from lprnet.errors import InputError, MissingFileError
 from lprnet.io import save_torch_atomic
 from lprnet.model.data import to_network_input
-from lprnet.model.network import INPUT_HEIGHT, INPUT_WIDTH, LPRNet
+from lprnet.model.input_spec import INPUT_HEIGHT, INPUT_WIDTH
+from lprnet.model.network import LPRNet
 
 FORMAT = "lprnet-calibration/1"
 HISTOGRAM_BINS = 2048

@@ -23,7 +23,8 @@ from torch.ao.quantization.quantize_fx import prepare_qat_fx
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from lprnet.errors import InputError
-from lprnet.model.network import INPUT_HEIGHT, INPUT_WIDTH, LPRNet
+from lprnet.model.input_spec import INPUT_HEIGHT, INPUT_WIDTH
+from lprnet.model.network import LPRNet
 from lprnet.optimize.calibrate import (
     ACTIVATION_DTYPE_ARGS,
     check_calibration,

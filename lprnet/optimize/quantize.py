@@ -29,7 +29,8 @@ from torch.ao.quantization.quantize_fx import convert_fx
 from lprnet.errors import InputError, MissingFileError
 from lprnet.io import save_torch_atomic
 from lprnet.model.alphabet import Alphabet, get_alphabet
-from lprnet.model.network import INPUT_HEIGHT, INPUT_WIDTH, LPRNet, LPRNetConfig
+from lprnet.model.input_spec import INPUT_HEIGHT, INPUT_WIDTH
+from lprnet.model.network import LPRNet, LPRNetConfig
 from lprnet.optimize.calibrate import WEIGHT_OBSERVER, check_calibration, observers, prepare_observed, quiet_torch_ao
 
 FORMAT = "lprnet-pipeline-int8/1"

@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from lprnet.model.alphabet import Alphabet
 from lprnet.model.data import to_network_input
-from lprnet.model.network import SEQUENCE_LENGTH, LPRNet
+from lprnet.model.input_spec import SEQUENCE_LENGTH
+from lprnet.model.network import LPRNet
 from lprnet.runtime.evaluate import evaluate
 from lprnet.runtime.torch_runtime import TorchPredictor
 

@@ -19,7 +19,7 @@ from lprnet.errors import InputError
 from lprnet.io import atomic_dir, write_json_atomic
 from lprnet.model import data, synth
 from lprnet.model.alphabet import Alphabet, get_alphabet
-from lprnet.model.network import INPUT_HEIGHT, INPUT_WIDTH
+from lprnet.model.input_spec import INPUT_HEIGHT, INPUT_WIDTH
 
 SOURCES = ("synthetic", "folder")
 OTHER_SIZES = ("resize", "refuse")

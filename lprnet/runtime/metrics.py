@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from lprnet.model.network import INPUT_HEIGHT, INPUT_WIDTH
+from lprnet.model.input_spec import INPUT_HEIGHT, INPUT_WIDTH
 from lprnet.runtime.bench import BenchConfig, measure_speed
 from lprnet.runtime.evaluate import evaluate, score
 from lprnet.runtime.predictor import Predictor

@@ -15,7 +15,7 @@ import numpy as np
 
 from lprnet.errors import InputError, MissingFileError
 from lprnet.model.alphabet import Alphabet
-from lprnet.model.network import INPUT_HEIGHT, INPUT_WIDTH
+from lprnet.model.input_spec import INPUT_HEIGHT, INPUT_WIDTH
 
 
 class Predictor(Protocol):

@@ -17,7 +17,7 @@ import tvm
 from lprnet.compile.tvm.artifact import INPUT_NAME
 from lprnet.errors import InputError, MissingFileError
 from lprnet.io import write_text_atomic
-from lprnet.model.network import INPUT_HEIGHT, INPUT_WIDTH
+from lprnet.model.input_spec import INPUT_HEIGHT, INPUT_WIDTH
 
 ALPHABET_ATTR = "lprnet_alphabet"  # IRModule attribute carrying the alphabet name from import to artifact
 
