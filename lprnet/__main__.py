@@ -6,7 +6,8 @@
   python -m lprnet sweep PARAM [--out PREFIX] [-n N]                      plot a `dvc exp run -S PARAM=...` sweep
   python -m lprnet tune-budget --trials N --checkpoints A,B,...           tuned TVM latency against trials
 
-ARTIFACT is any model file the pipeline writes, or a state dict published by LPRNet_Pytorch.
+ARTIFACT is any model file the pipeline writes (models/deploy, the delivered model, included), or a state dict
+published by LPRNet_Pytorch. `predict` on an ONNX or TVM artifact imports neither torch nor the onnx package.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from lprnet.model.data import list_images, load_folder, load_image
 from lprnet.pipeline import gate
 from lprnet.runtime.bench import BenchConfig
 from lprnet.runtime.evaluate import predict_texts
-from lprnet.runtime.metrics import artifact_metrics
 from lprnet.runtime.predictor import load_predictor
 
 # The CLI's own measuring settings: it runs on any artifact, inside the pipeline's repository or not, so it does not
@@ -142,6 +142,8 @@ def main(argv=None) -> int:
         alphabet = get_alphabet(args.alphabet) if args.alphabet else None
         predictor = load_predictor(args.artifact, args.threads, alphabet)
         if args.command == "eval":
+            from lprnet.runtime.metrics import artifact_metrics  # imports torch: `predict` must run without it
+
             images, labels = load_folder(list_images(args.images), predictor.alphabet)
             config = BenchConfig(threads=args.threads, eval_batch=args.batch, runs=args.runs, **EVAL_BENCH)
             print(json.dumps(artifact_metrics(predictor, args.artifact, images, labels, config), indent=2))

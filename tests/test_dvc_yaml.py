@@ -4,6 +4,7 @@ module missing from the list would leave stale artifacts after a code change."""
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,14 @@ def test_every_module_a_stage_runs_is_a_dependency(stage):
     assert spec["cmd"].startswith("python stages/") and (REPO / script).is_file()
     missing = stage_code(script) - set(spec["deps"])
     assert not missing, f"{stage}: add {sorted(missing)} to its deps in dvc.yaml"
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_no_stage_script_shadows_a_standard_module(stage):
+    """A script's folder comes first on sys.path: stages/select.py would be imported as `select` by the standard
+    library's socket module, and every stage would fail at its first import of onnx or DVC."""
+    script = Path(STAGES[stage]["cmd"].split()[1])
+    assert script.stem not in sys.stdlib_module_names, f"{script}: rename it, it shadows the module {script.stem!r}"
 
 
 def test_the_closure_follows_imports_of_imports():

@@ -14,6 +14,7 @@ pytest.importorskip("tvm")
 from lprnet.compile.tvm.tune import TuneParams  # noqa: E402
 from lprnet.errors import InputError  # noqa: E402
 from lprnet.pipeline.baseline_step import BaselineParams  # noqa: E402
+from lprnet.pipeline.budget import BudgetParams  # noqa: E402
 from lprnet.pipeline.calibrate_step import CalibrateParams  # noqa: E402
 from lprnet.pipeline.data_step import DataParams  # noqa: E402
 from lprnet.pipeline.export_onnx_step import ExportParams  # noqa: E402
@@ -27,7 +28,7 @@ from tests.conftest import REPO  # noqa: E402
 
 SECTIONS = {"data": DataParams, "baseline": BaselineParams, "bench": BenchConfig, "prune": PruneParams,
             "calibrate": CalibrateParams, "quantize": QuantizeParams, "export_onnx": ExportParams, "tvm": TVMParams,
-            "gate": GateParams, "tune": TuneParams}
+            "gate": GateParams, "tune": TuneParams, "budget": BudgetParams}
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
 
 

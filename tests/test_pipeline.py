@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from lprnet.io import leftovers
 from lprnet.model.data import load_prepared
@@ -91,10 +92,39 @@ def test_repro_writes_artifacts_metrics_and_plots(repo):
     assert "baseline_curve.csv" in plots.stdout
 
 
+def test_select_delivers_one_model_that_predicts_and_a_budget_change_reruns_only_select(repo):
+    """The tiny models are untrained (every accuracy near 0, all within any budget), so the fastest artifact of the
+    benchmark is delivered; which one it is, is timing. tests/test_select.py checks the choice itself."""
+    chosen = json.loads((repo / "metrics/select.json").read_text())
+    timings = json.loads((repo / "metrics/benchmark.json").read_text())
+    fastest = min((value, key[:-len("_latency_ms_p50")]) for key, value in timings.items()
+                  if key.endswith("_latency_ms_p50"))
+    assert chosen["artifact"] == fastest[1] and chosen["latency_ms_p50"] == fastest[0]
+    manifest = json.loads((repo / "models/deploy/deploy.json").read_text())
+    assert manifest["source"]["artifact"] == chosen["artifact"] and manifest["test"]["num_images"] == 32
+    candidates = (repo / "reports/select.csv").read_text().splitlines()
+    assert candidates[0] == "artifact,latency_ms_p50,size_mb,val_accuracy,verdict"
+    assert candidates[1].startswith(f"{chosen['artifact']},") and candidates[1].endswith(",delivered")
+    assert "## The delivered model" in (repo / "reports/report.md").read_text()
+    images = repo / "plates"
+    images.mkdir()
+    for i, image in enumerate(load_prepared(repo / "data/prepared", "test")[0][:2]):
+        Image.fromarray(image[:, :, ::-1]).save(images / f"P{i}.png")
+    lines = run([sys.executable, "-m", "lprnet", "predict", "models/deploy", *map(str, sorted(images.iterdir()))],
+                repo).stdout.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(path) for path in sorted(images.iterdir())]
+    shutil.rmtree(images)
+    log = run([*DVC, "exp", "run", "-S", "budget.max_accuracy_drop=0.02"], repo).stdout
+    assert ran_stages(log) == {"select", "report"}
+    assert json.loads((repo / "metrics/select.json").read_text())["max_accuracy_drop"] == 0.02
+    run(["git", "checkout", "-q", "--", "params.yaml"], repo)
+    run([*DVC, "exp", "run"], repo)  # back to the committed budget (restored from the run cache)
+
+
 # Stages whose artifacts depend on time measured while they run: MetaSchedule keeps the fastest schedule it timed
-# (with tune.total_trials 0, as here, tvm-tune only builds and is deterministic), and benchmark and report are
-# timings. Every metrics file's latency and throughput keys are timings too.
-TIMED_STAGES = {"benchmark", "report"}
+# (with tune.total_trials 0, as here, tvm-tune only builds and is deterministic), benchmark and report are
+# timings, and select chooses by them. Every metrics file's latency and throughput keys are timings too.
+TIMED_STAGES = {"benchmark", "select", "report"}
 TIMING_KEYS = ("latency", "throughput_ips", "seconds")
 
 
@@ -138,8 +168,15 @@ def test_a_remote_round_trips_every_artifact(repo, tmp_path):
     run([*DVC, "pull"], clone)
     assert json.loads(run([*DVC, "status", "--json"], clone).stdout) == {}
     assert "Running stage" not in run([*DVC, "repro"], clone).stdout
-    for out in ("models/baseline.pt", "models/quantized.pt", "models/onnx/int8.onnx"):
+    for out in ("models/baseline.pt", "models/quantized.pt", "models/onnx/int8.onnx", "models/deploy/deploy.json"):
         assert (clone / out).read_bytes() == (repo / out).read_bytes(), out
+    # The delivered model by its name in dvc.yaml's artifacts section, from the repository and from the clone.
+    for source in (repo, clone):
+        run([*DVC, "artifacts", "get", str(source), "lprnet", "-o", str(tmp_path / source.name)], tmp_path)
+        assert sorted(p.relative_to(tmp_path / source.name) for p in (tmp_path / source.name).rglob("*")) == sorted(
+            p.relative_to(repo / "models/deploy") for p in (repo / "models/deploy").rglob("*"))
+        assert ((tmp_path / source.name / "deploy.json").read_bytes()
+                == (repo / "models/deploy/deploy.json").read_bytes())
 
 
 def stage_outputs(repo: Path, stage: str) -> list[Path]:

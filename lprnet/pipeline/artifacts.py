@@ -42,7 +42,10 @@ ORT_FP32 = "ort_fp32"
 # reference the notebook study used. Timed after ARTIFACTS.
 REFERENCE = "ort_fp32_baseline"
 
+REFERENCE_LABEL = "ONNX Runtime fp32 baseline"
+
 BENCHMARK = "benchmark"  # metrics/benchmark.json, by its stem
+SELECT = "select"  # metrics/select.json: the delivered model
 
 # Each benchmarked artifact's p50 divided by that of: (ratio key -> artifact).
 RATIOS = {"ratio_vs_baseline": BASELINE, "ratio_vs_ort_fp32": ORT_FP32, "ratio_vs_ort_fp32_baseline": REFERENCE}

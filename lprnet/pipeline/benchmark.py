@@ -25,6 +25,14 @@ from lprnet.runtime.predictor import load_predictor
 CSV_COLUMNS = ("artifact", "latency_ms_p50", "latency_ms_p90", "throughput_ips", "ratio_vs_ort_fp32")
 
 
+def export_reference(models: Path, folder: Path) -> Path:
+    """The REFERENCE artifact, ONNX Runtime fp32's model of the unpruned baseline, exported into `folder` from
+    `models`' baseline (the export is deterministic: the same bytes every time); returns its path."""
+    path = folder / "baseline.onnx"
+    export_onnx(*load_model(models / ARTIFACTS[BASELINE].path), path)
+    return path
+
+
 def benchmark_artifacts(models: Path, bench: BenchConfig) -> dict[str, dict]:
     """Artifact name -> its latency summary, throughput and ratios, for every artifact under `models` (ARTIFACTS, in
     order) and then the reference (REFERENCE). Raises MissingFileError naming the first absent artifact."""
@@ -32,8 +40,7 @@ def benchmark_artifacts(models: Path, bench: BenchConfig) -> dict[str, dict]:
     if missing:
         raise MissingFileError(f"{missing[0]}: artifact missing (run `dvc repro`)")
     with tempfile.TemporaryDirectory(prefix="benchmark.") as work:
-        reference_onnx = Path(work) / "baseline.onnx"
-        export_onnx(*load_model(models / ARTIFACTS[BASELINE].path), reference_onnx)
+        reference_onnx = export_reference(models, Path(work))
         predictors = {name: load_predictor(models / artifact.path, bench.threads)
                       for name, artifact in ARTIFACTS.items()}
         predictors[REFERENCE] = load_predictor(reference_onnx, bench.threads)

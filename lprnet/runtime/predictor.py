@@ -2,7 +2,8 @@
 
 Each runtime has its module: torch_runtime.py, onnx_runtime.py, tvm_runtime.py. Evaluation and benchmarking take a
 Predictor and never branch on the runtime. `load_predictor` picks the runtime from the artifact: a .onnx file, a TVM
-artifact folder, or a PyTorch file, and imports only that runtime. Does not decode or score (see evaluate.py).
+artifact folder, a deploy folder (deploy.py) or a PyTorch file, and imports only that runtime. Does not decode or
+score (see evaluate.py).
 """
 
 from __future__ import annotations
@@ -27,11 +28,16 @@ class Predictor(Protocol):
 
 def load_predictor(path: str | os.PathLike, threads: int | None = None, alphabet: Alphabet | None = None
                    ) -> Predictor:
-    """A predictor for any artifact the pipeline writes, or an LPRNet_Pytorch state dict."""
+    """A predictor for any artifact the pipeline writes (the deploy folder included), or an LPRNet_Pytorch state
+    dict."""
     path = Path(path)
     if not path.exists():
         raise MissingFileError(f"{path}: no such artifact")
     if path.is_dir():
+        from lprnet.runtime.deploy import is_deployed, load_deployed
+
+        if is_deployed(path):
+            return load_deployed(path, threads)
         from lprnet.compile.tvm.artifact import is_tvm_artifact
         from lprnet.runtime.tvm_runtime import TVMPredictor
 

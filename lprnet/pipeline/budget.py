@@ -1,0 +1,51 @@
+"""The accuracy budget: the `budget` section of params.yaml, checked, and the one rule that applies it.
+
+The budget is the plate accuracy the delivered model may lose against the baseline, as an absolute share (0.005 is
+half a percentage point), measured on the validation split (the `calib` split of data/prepared: never the test
+split, which only verifies the model chosen). Optional goals: a batch-1 p50 latency the delivered model must reach
+and a size it must not exceed. Does not measure or choose anything (see select_step.py).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+from lprnet.errors import InputError
+
+# The split every decision taken against the budget reads (data/prepared/<VALIDATION_SPLIT>.npz).
+VALIDATION_SPLIT = "calib"
+
+
+def _optional_positive(value, key: str):
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (value > 0 and math.isfinite(value)):
+        raise InputError(f"budget.{key} must be a positive number of {key.rsplit('_', 1)[1]} or null (no goal), "
+                         f"got {value!r}")
+
+
+@dataclass(frozen=True)
+class BudgetParams:
+    """The `budget:` section of params.yaml (each key's meaning is there, beside its value)."""
+
+    max_accuracy_drop: float  # validation plate accuracy the delivered model may lose against the baseline, [0, 1]
+    max_latency_ms: float | None  # None: no latency goal
+    max_size_mb: float | None  # None: no size goal
+
+    def __post_init__(self):
+        drop = self.max_accuracy_drop
+        if isinstance(drop, bool) or not isinstance(drop, numbers.Real) or not 0 <= drop <= 1:  # also refuses NaN
+            raise InputError(f"budget.max_accuracy_drop must be a share of plates in [0, 1] (0.005: half a "
+                             f"point), got {drop!r}")
+        _optional_positive(self.max_latency_ms, "max_latency_ms")
+        _optional_positive(self.max_size_mb, "max_size_mb")
+
+    def accuracy_floor(self, baseline_accuracy: float) -> float:
+        """The lowest validation accuracy within budget, for a baseline at `baseline_accuracy`."""
+        return baseline_accuracy - self.max_accuracy_drop
+
+    def keeps_accuracy(self, accuracy: float, baseline_accuracy: float) -> bool:
+        # A tolerance of one part in a million: 0.98 - 0.005 is 0.975000...01 in floating point.
+        return accuracy >= self.accuracy_floor(baseline_accuracy) - 1e-9
