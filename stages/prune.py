@@ -4,22 +4,28 @@
 Writes the pruned model, and metrics with the common keys, the reduction ratios against the baseline, what the
 lossless step removed and, when it fine-tunes, the validation accuracy before and after (fine-tuning keeps the
 starting weights when no validation beats them). Fine-tuning reads the train split and validates on calib; the
-test split is only scored. The work: lprnet/pipeline/prune_step.py.
+test split is only scored. With `prune.ratio: auto`, the ratio is searched against the accuracy budget (`budget`
+section) on the validation split, and reports/prune_search.csv lists each ratio tried, its validation accuracy and
+verdict (header only for an explicit ratio). The work: lprnet/pipeline/prune_step.py.
 """
 
 from __future__ import annotations
 
+from lprnet.csv_io import write_csv_atomic
 from lprnet.io import write_json_atomic
-from lprnet.pipeline.prune_step import PruneParams, prune_stage
+from lprnet.pipeline.budget import BudgetParams
+from lprnet.pipeline.prune_step import SEARCH_COLUMNS, PruneParams, prune_stage
 from lprnet.pipeline.stage import parse_args, read_section, run
 from lprnet.runtime.bench import BenchConfig
 
 
 def main() -> None:
-    args = parse_args(__doc__, ["baseline", "data", "model", "metrics"])
+    args = parse_args(__doc__, ["baseline", "data", "model", "metrics", "search"])
     params = read_section(args.params, "prune", PruneParams)
     bench = read_section(args.params, "bench", BenchConfig)
-    metrics = prune_stage(args.baseline, args.data, args.model, params, bench)
+    budget = read_section(args.params, "budget", BudgetParams)
+    metrics, tried = prune_stage(args.baseline, args.data, args.model, params, bench, budget)
+    write_csv_atomic(args.search, SEARCH_COLUMNS, tried, digits=4)
     write_json_atomic(args.metrics, metrics)
 
 

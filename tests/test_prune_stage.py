@@ -1,7 +1,9 @@
-"""The `prune` stage script: distillation instead of label fine-tuning, and its settings refused when invalid."""
+"""The `prune` stage script: distillation instead of label fine-tuning, `ratio: auto` against the accuracy budget, and
+its settings refused when invalid. The search's bisection with set accuracies: tests/test_prune_search.py."""
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -16,9 +18,11 @@ from lprnet.model.data import save_split
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_prune_stage(tmp_path: Path, model, latin, images_and_labels, **overrides) -> subprocess.CompletedProcess:
+def run_prune_stage(tmp_path: Path, model, latin, images_and_labels, budget: dict | None = None,
+                    **overrides) -> subprocess.CompletedProcess:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["prune"].update(overrides)
+    params["budget"].update(budget or {})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
@@ -29,8 +33,8 @@ def run_prune_stage(tmp_path: Path, model, latin, images_and_labels, **overrides
     save_model(tmp_path / "baseline.pt", model, latin)
     return subprocess.run([sys.executable, str(REPO / "stages/prune.py"), "--params", str(tmp_path / "params.yaml"),
                            "--baseline", str(tmp_path / "baseline.pt"), "--data", str(data),
-                           "--model", str(tmp_path / "pruned.pt"), "--metrics", str(tmp_path / "metrics.json")],
-                          capture_output=True, text=True)
+                           "--model", str(tmp_path / "pruned.pt"), "--metrics", str(tmp_path / "metrics.json"),
+                           "--search", str(tmp_path / "search.csv")], capture_output=True, text=True)
 
 
 def test_distilled_fine_tuning_validates_and_reports_like_label_fine_tuning(tmp_path, random_model, latin,
@@ -68,3 +72,45 @@ def test_a_bad_round_to_is_a_one_line_error_without_output(tmp_path, random_mode
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].endswith(f"prune.round_to must be a positive integer, got {round_to}")
     assert not (tmp_path / "pruned.pt").exists()
+
+
+def test_ratio_auto_searches_against_the_budget_and_lists_each_ratio_tried(tmp_path, random_model, latin,
+                                                                           images_and_labels):
+    """A random model reads no plate (0 % before and after pruning), so every ratio keeps any share of the budget:
+    the bisection climbs to the largest ratio in three fine-tunings (0.3, 0.5, 0.6)."""
+    result = run_prune_stage(tmp_path, random_model, latin, images_and_labels, ratio="auto", finetune_steps=2,
+                             batch_size=8, auto_ratios=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["ratio"] == 0.6 and metrics["auto_ratios_tried"] == 3
+    rows = list(csv.DictReader((tmp_path / "search.csv").open()))
+    assert [float(row["ratio"]) for row in rows] == [0.3, 0.5, 0.6]
+    assert all(row["verdict"] == "kept: within the budget's share" for row in rows)
+    assert [int(row["macs"]) for row in rows] == sorted((int(row["macs"]) for row in rows), reverse=True)
+    assert int(rows[-1]["macs"]) == metrics["macs"]
+
+
+def test_an_explicit_ratio_writes_an_empty_search_table(tmp_path, random_model, latin, images_and_labels):
+    result = run_prune_stage(tmp_path, random_model, latin, images_and_labels, ratio=0.5, finetune_steps=0)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "search.csv").read_text().splitlines() == [
+        "ratio,macs,val_accuracy_start,val_accuracy,val_accuracy_floor,verdict"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["ratio"] == 0.5
+
+
+@pytest.mark.parametrize(("overrides", "budget", "message"), [
+    ({"ratio": "automatic"}, {}, "prune.ratio must be a number in [0, 1) or auto, got 'automatic'"),
+    ({"ratio": "auto", "finetune_steps": 0}, {}, "prune.ratio is auto but prune.finetune_steps is 0"),
+    ({"auto_ratios": []}, {}, "prune.auto_ratios must be a non-empty list"),
+    ({"auto_ratios": [0.3, 0.2]}, {}, "prune.auto_ratios must be a non-empty list of increasing numbers"),
+    ({"auto_ratios": [0.2, 1.0]}, {}, "prune.auto_ratios must be"),
+    ({"auto_ratios": 0.3}, {}, "prune.auto_ratios must be"),
+    ({}, {"prune_share": 0}, "budget.prune_share must be a share of the budget in (0, 1], got 0"),
+    ({}, {"prune_share": float("nan")}, "budget.prune_share must be"),
+])
+def test_bad_search_settings_are_one_line_errors_without_output(tmp_path, random_model, latin, images_and_labels,
+                                                                 overrides, budget, message):
+    result = run_prune_stage(tmp_path, random_model, latin, images_and_labels, budget=budget, **overrides)
+    assert result.returncode == 1 and message in result.stderr.strip().splitlines()[-1], result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "pruned.pt").exists() and not (tmp_path / "search.csv").exists()

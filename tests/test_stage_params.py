@@ -54,6 +54,9 @@ BAD = [
     ("prune", "ratio", {"ratio": 1.0}),
     ("prune", "ratio", {"ratio": -0.1}),
     ("prune", "ratio", {"ratio": NAN}),
+    ("prune", "ratio", {"ratio": "automatic"}),
+    ("prune", "auto_ratios", {"auto_ratios": [0.2, 0.2]}),
+    ("prune", "finetune_steps", {"ratio": "auto", "finetune_steps": 0}),
     ("prune", "criterion", {"criterion": "l3"}),
     ("prune", "scope", {"scope": "network"}),
     ("prune", "round_to", {"round_to": 0}),
@@ -105,7 +108,7 @@ def test_folder_keys_are_checked_only_for_the_folder_source_and_sizes_only_for_s
 STAGE_OUTPUTS = {
     "data": {"out": "prepared", "metrics": "data.json"},
     "baseline": {"model": "baseline.pt", "metrics": "baseline.json", "curve": "curve.csv"},
-    "prune": {"model": "pruned.pt", "metrics": "prune.json"},
+    "prune": {"model": "pruned.pt", "metrics": "prune.json", "search": "prune_search.csv"},
     "quantize": {"model": "quantized.pt", "metrics": "quantize.json"},
 }
 
@@ -157,7 +160,7 @@ def run_stage_in_process(stage: str, argv: list[str], monkeypatch) -> int:
 
 def small_params(inputs: Path) -> dict:
     """The repository's params, with the work a stage would do if it went on made small."""
-    params = {section: repo_params(section) for section in ("data", "baseline", "prune", "quantize", "bench")}
+    params = {section: repo_params(section) for section in ("data", "baseline", "prune", "quantize", "bench", "budget")}
     params["data"].update(train_size=8, calib_size=4, test_size=4)
     params["prune"].update(finetune_steps=2, batch_size=4)
     params["quantize"].update(max_accuracy_drop=1.0)

@@ -33,12 +33,16 @@ class BudgetParams:
     max_accuracy_drop: float  # validation plate accuracy the delivered model may lose against the baseline, [0, 1]
     max_latency_ms: float | None  # None: no latency goal
     max_size_mb: float | None  # None: no size goal
+    prune_share: float  # the share of max_accuracy_drop that `prune.ratio: auto` may spend, (0, 1]
 
     def __post_init__(self):
         drop = self.max_accuracy_drop
         if isinstance(drop, bool) or not isinstance(drop, numbers.Real) or not 0 <= drop <= 1:  # also refuses NaN
             raise InputError(f"budget.max_accuracy_drop must be a share of plates in [0, 1] (0.005: half a "
                              f"point), got {drop!r}")
+        share = self.prune_share
+        if isinstance(share, bool) or not isinstance(share, numbers.Real) or not 0 < share <= 1:
+            raise InputError(f"budget.prune_share must be a share of the budget in (0, 1], got {share!r}")
         _optional_positive(self.max_latency_ms, "max_latency_ms")
         _optional_positive(self.max_size_mb, "max_size_mb")
 
@@ -47,5 +51,16 @@ class BudgetParams:
         return baseline_accuracy - self.max_accuracy_drop
 
     def keeps_accuracy(self, accuracy: float, baseline_accuracy: float) -> bool:
-        # A tolerance of one part in a million: 0.98 - 0.005 is 0.975000...01 in floating point.
-        return accuracy >= self.accuracy_floor(baseline_accuracy) - 1e-9
+        return _at_least(accuracy, self.accuracy_floor(baseline_accuracy))
+
+    def prune_floor(self, baseline_accuracy: float) -> float:
+        """The lowest validation accuracy a pruned model may keep: the baseline's less `prune_share` of the budget."""
+        return baseline_accuracy - self.prune_share * self.max_accuracy_drop
+
+    def keeps_prune_share(self, accuracy: float, baseline_accuracy: float) -> bool:
+        return _at_least(accuracy, self.prune_floor(baseline_accuracy))
+
+
+def _at_least(accuracy: float, floor: float) -> bool:
+    # A tolerance of one part in a billion: 0.98 - 0.005 is 0.975000...01 in floating point.
+    return accuracy >= floor - 1e-9

@@ -4,8 +4,14 @@ Lossless dead-channel removal, then structural filter pruning (lprnet.optimize.p
 the labels or distilled from the losslessly pruned model (lprnet.optimize.train), which keeps the starting weights
 when no validation beats them. Fine-tuning and the activation criterion read the train split, validation reads
 calib, and the test split is only scored. The metrics add to the common keys the reductions against the baseline,
-what the lossless step removed and, when it fine-tunes, the validation accuracy before and after. Does not prune or
-train by itself.
+what the lossless step removed and, when it fine-tunes, the validation accuracy before and after.
+
+`ratio: auto` searches `auto_ratios` for the largest ratio whose fine-tuned model keeps `budget.prune_share` of the
+accuracy budget (lprnet/pipeline/budget.py) against the baseline on the validation split, by bisection: accuracy
+falls as the ratio grows, so a rejected ratio rules out every larger one and an accepted one every smaller one, and
+about log2(len(auto_ratios)) fine-tunings decide. The model kept is the accepted ratio's fine-tuned one; when no
+ratio keeps the share, the losslessly pruned model (ratio 0). Each ratio tried, with its validation accuracy and
+verdict, is returned for reports/prune_search.csv. Does not prune or train by itself.
 """
 
 from __future__ import annotations
@@ -18,18 +24,26 @@ from pathlib import Path
 from lprnet.errors import InputError
 from lprnet.model.checkpoint import load_model, save_model
 from lprnet.model.data import load_prepared
+from lprnet.model.network import LPRNet
 from lprnet.optimize.prune import ACTIVATION, CRITERIA, SCOPES, prune_channels, remove_dead_channels
 from lprnet.optimize.train import distill, finetune_config, train_ctc
+from lprnet.pipeline.budget import VALIDATION_SPLIT, BudgetParams
 from lprnet.runtime.bench import BenchConfig
+from lprnet.runtime.evaluate import evaluate
 from lprnet.runtime.metrics import artifact_metrics, count_macs, count_params
 from lprnet.runtime.torch_runtime import TorchPredictor
+
+AUTO = "auto"
+# reports/prune_search.csv, one line per ratio `ratio: auto` tried, in the order tried.
+SEARCH_COLUMNS = ("ratio", "macs", "val_accuracy_start", "val_accuracy", "val_accuracy_floor", "verdict")
 
 
 @dataclass(frozen=True)
 class PruneParams:
     """The `prune:` section of params.yaml (each key's meaning is there, beside its value)."""
 
-    ratio: float  # share of channels removed by the criterion, in [0, 1)
+    ratio: float | str  # share of channels removed by the criterion, in [0, 1), or "auto"
+    auto_ratios: list  # ratio auto: the ratios it may choose
     criterion: str  # l1 | l2 | activation
     scope: str  # global | layer
     round_to: int  # pruned groups keep a multiple of this many channels (1: any count)
@@ -41,8 +55,17 @@ class PruneParams:
     seed: int
 
     def __post_init__(self):
-        if isinstance(self.ratio, bool) or not isinstance(self.ratio, numbers.Real) or not 0 <= self.ratio < 1:
-            raise InputError(f"prune.ratio must be a number in [0, 1), got {self.ratio!r}")
+        if self.ratio != AUTO and not _is_share(self.ratio, allow_zero=True):
+            raise InputError(f"prune.ratio must be a number in [0, 1) or {AUTO}, got {self.ratio!r}")
+        ratios = self.auto_ratios
+        if (not isinstance(ratios, (list, tuple)) or not ratios or not all(_is_share(r) for r in ratios)
+                or list(ratios) != sorted(set(ratios))):
+            raise InputError(f"prune.auto_ratios must be a non-empty list of increasing numbers in (0, 1), got "
+                             f"{ratios!r}")
+        object.__setattr__(self, "auto_ratios", tuple(float(r) for r in ratios))
+        if self.ratio == AUTO and self.finetune_steps <= 0:
+            raise InputError("prune.ratio is auto but prune.finetune_steps is 0: the search compares fine-tuned "
+                             "models, give it steps")
         criteria = [*sorted(CRITERIA), ACTIVATION]
         if self.criterion not in criteria:
             raise InputError(f"prune.criterion: unknown pruning criterion {self.criterion!r}; valid: "
@@ -67,34 +90,80 @@ class PruneParams:
             raise InputError(f"prune.seed must be >= 0, got {self.seed!r}")
 
 
+def _is_share(value, allow_zero: bool = False) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, numbers.Real)
+            and (0 <= value < 1 if allow_zero else 0 < value < 1))  # also false for NaN
+
+
+def prune_and_finetune(lossless: LPRNet, ratio: float, params: PruneParams, train, validation, alphabet,
+                       threads: int) -> tuple[LPRNet, dict]:
+    """`lossless` pruned at `ratio` and fine-tuned as `params` say; returns it and its fine-tuning metrics (empty
+    without fine-tuning): validation accuracy before and of the weights kept, and the step they are from (0:
+    fine-tuning did not beat the start)."""
+    activation = params.criterion == ACTIVATION  # it runs the model on train images, never the test split
+    pruned = prune_channels(lossless, ratio, params.criterion, params.scope, train[0] if activation else None,
+                            params.round_to)
+    if params.finetune_steps <= 0:
+        return pruned, {}
+    config = finetune_config(params.finetune_steps, params.batch_size, params.finetune_lr, params.seed, threads)
+    if params.distill:
+        history = distill(pruned, lossless, alphabet, train, validation, config, params.distill_temperature)
+    else:
+        history = train_ctc(pruned, alphabet, train, validation, config)
+    best = max(history, key=lambda row: row["val_accuracy"])  # the first of equals: what fine-tuning keeps
+    return pruned, {"finetune_val_accuracy_start": history[0]["val_accuracy"],
+                    "finetune_val_accuracy": best["val_accuracy"], "finetune_kept_step": best["step"]}
+
+
+def search_ratio(lossless: LPRNet, params: PruneParams, budget: BudgetParams, train, validation, alphabet,
+                 threads: int) -> tuple[float, LPRNet, dict, list[dict]]:
+    """`ratio: auto`: the largest of `params.auto_ratios` whose fine-tuned model keeps `budget.prune_share` of the
+    accuracy budget against `lossless` (the baseline's function) on `validation`, found by bisection; returns that
+    ratio (0 when none keeps it), its model, its fine-tuning metrics, and one row per ratio tried (SEARCH_COLUMNS)."""
+    baseline_accuracy = evaluate(TorchPredictor(lossless, alphabet), *validation)["accuracy"]
+    floor = budget.prune_floor(baseline_accuracy)
+    best: tuple[float, LPRNet, dict] = (0.0, lossless, {})
+    tried = []
+    low, high = -1, len(params.auto_ratios)  # every ratio up to index `low` keeps the floor; from `high` on, none
+    while high - low > 1:
+        middle = (low + high) // 2
+        ratio = params.auto_ratios[middle]
+        model, finetuning = prune_and_finetune(lossless, ratio, params, train, validation, alphabet, threads)
+        accuracy = finetuning["finetune_val_accuracy"]
+        kept = budget.keeps_prune_share(accuracy, baseline_accuracy)
+        tried.append({"ratio": ratio, "macs": count_macs(model),
+                      "val_accuracy_start": finetuning["finetune_val_accuracy_start"], "val_accuracy": accuracy,
+                      "val_accuracy_floor": floor,
+                      "verdict": "kept: within the budget's share" if kept else "rejected: below the floor"})
+        if kept:
+            low, best = middle, (ratio, model, finetuning)
+        else:
+            high = middle
+    return *best, tried
+
+
 def prune_stage(baseline: str | os.PathLike, data: str | os.PathLike, model_path: str | os.PathLike,
-                params: PruneParams, bench: BenchConfig) -> dict:
+                params: PruneParams, bench: BenchConfig, budget: BudgetParams) -> tuple[dict, list[dict]]:
     """Prune the model in `baseline` (fine-tuning on the prepared folder `data`), write it to `model_path`; returns
-    the metrics."""
+    the metrics and, for `ratio: auto`, the ratios tried (SEARCH_COLUMNS; empty otherwise)."""
     model, alphabet = load_model(baseline)
     before = {"params": count_params(model), "macs": count_macs(model)}
 
     lossless, dead = remove_dead_channels(model)  # the same function as the baseline (a test), fewer MACs
     lossless_macs = count_macs(lossless)
-    # The activation criterion runs the model on train images (never the test split); fine-tuning trains on them.
-    activation = params.criterion == ACTIVATION
-    train = load_prepared(data, "train") if activation or params.finetune_steps > 0 else None
-    pruned = prune_channels(lossless, params.ratio, params.criterion, params.scope,
-                            train[0] if activation else None, params.round_to)
-    finetuning = {}
-    if params.finetune_steps > 0:
-        config = finetune_config(params.finetune_steps, params.batch_size, params.finetune_lr, params.seed,
-                                 bench.threads)
-        calib = load_prepared(data, "calib")
-        if params.distill:
-            history = distill(pruned, lossless, alphabet, train, calib, config, params.distill_temperature)
-        else:
-            history = train_ctc(pruned, alphabet, train, calib, config)
-        best = max(history, key=lambda row: row["val_accuracy"])  # the first of equals: what fine-tuning keeps
-        # Validation (calib split) accuracy before fine-tuning and of the weights kept, and the step they are from
-        # (0: fine-tuning did not beat the start).
-        finetuning = {"finetune_val_accuracy_start": history[0]["val_accuracy"],
-                      "finetune_val_accuracy": best["val_accuracy"], "finetune_kept_step": best["step"]}
+    needs_train = params.criterion == ACTIVATION or params.finetune_steps > 0
+    train = load_prepared(data, "train") if needs_train else None
+    validation = load_prepared(data, VALIDATION_SPLIT) if params.finetune_steps > 0 else None
+    tried = []
+    if params.ratio == AUTO:
+        ratio, pruned, finetuning, tried = search_ratio(lossless, params, budget, train, validation, alphabet,
+                                                        bench.threads)
+        search = {"ratio": ratio, "auto_ratios_tried": len(tried), "auto_val_accuracy_floor":
+                  tried[0]["val_accuracy_floor"]}
+    else:
+        pruned, finetuning = prune_and_finetune(lossless, params.ratio, params, train, validation, alphabet,
+                                                bench.threads)
+        search = {"ratio": params.ratio}
     save_model(model_path, pruned, alphabet)
 
     metrics = artifact_metrics(TorchPredictor(pruned, alphabet, bench.threads), model_path,
@@ -106,6 +175,7 @@ def prune_stage(baseline: str | os.PathLike, data: str | os.PathLike, model_path
         "dead_channels_removed": dead["dead_channels_removed"],
         "dead_channels_kept": dead["dead_channels_kept"],
         "dead_macs_removed": before["macs"] - lossless_macs,
+        **search,
         **finetuning,
     })
-    return metrics
+    return metrics, tried
