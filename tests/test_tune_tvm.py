@@ -393,8 +393,8 @@ def test_an_int8_convolution_is_tuned_with_vnni_and_sums_exactly(tmp_path):
     scheduled = apply_database(module, TARGET, tmp_path / "database")
     assert "llvm.x86.avx512.vpdpbusd.512" in scheduled.script()
     # A new process (a later stage, `dvc repro -f tvm-tune`) reads the database back: that needs the intrinsic too.
-    read_back = subprocess.run([sys.executable, "-c", "import sys; from lprnet import tune_tvm; "
-                                "print(len(open_database(sys.argv[1])))", str(tmp_path / "database")],
+    read_back = subprocess.run([sys.executable, "-c", "import sys; from lprnet.compile.tvm.database import "
+                                "open_database; print(len(open_database(sys.argv[1])))", str(tmp_path / "database")],
                                capture_output=True, text=True, timeout=300)
     assert read_back.returncode == 0 and read_back.stdout.split()[-1] == str(run.trials), read_back.stderr[-2000:]
     data = rng.integers(0, 256, INPUT_SHAPE).astype(np.uint8)
