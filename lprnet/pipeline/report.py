@@ -162,9 +162,9 @@ def delivered_section(metrics: dict[str, dict], timings: dict[str, dict]) -> str
         "choice.", "",
         "| | delivered | baseline | change |", "|---|---|---|---|",
         f"| test accuracy | {_pct(chosen['accuracy'])} | {_pct(chosen['baseline_accuracy'])} | "
-        f"{-100 * chosen['accuracy_drop']:+.1f} points |",
+        f"{100 * (chosen['accuracy'] - chosen['baseline_accuracy']):+.1f} points |",
         f"| validation accuracy | {_pct(chosen['val_accuracy'])} | {_pct(chosen['baseline_val_accuracy'])} | "
-        f"{-100 * chosen['val_accuracy_drop']:+.1f} points |",
+        f"{100 * (chosen['val_accuracy'] - chosen['baseline_val_accuracy']):+.1f} points |",
         f"| batch-1 p50 (ms) | {_ms(chosen['latency_ms_p50'])} | {_ms(baseline_ms)} (PyTorch), {_ms(reference_ms)} "
         f"(ONNX Runtime) | {1 / chosen['ratio_vs_baseline']:.1f}x, {1 / chosen['ratio_vs_ort_fp32_baseline']:.1f}x "
         "faster |",
