@@ -138,3 +138,15 @@ def test_the_stage_names_a_missing_benchmark_file_and_writes_nothing(tmp_path):
         report.write_report(tmp_path / "metrics", tmp_path / "reports", tmp_path / "reports" / "pareto.csv",
                             tmp_path / "reports" / "sizes.csv", params_from_repo("gate", GateParams))
     assert not (tmp_path / "reports").exists()
+
+
+def test_the_plots_star_the_delivered_model_even_without_a_row_of_its_own(tmp_path):
+    """ONNX Runtime fp32 on the baseline has no stage metrics, so no row: the scatter adds it as a point (on the
+    Pareto front here) and the size bars leave it out."""
+    metrics, benchmark = fake_results(tuned_ms=1.2, pruned_int8_accuracy=0.976)
+    table = report.rows(metrics, benchmark)
+    for row in table:
+        row["size_bytes"] = 400_000
+    chosen = delivered("ort_fp32_baseline", benchmark, 0.98)
+    report.plot(table, tmp_path / "pareto.png", tmp_path / "sizes.png", chosen)
+    assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "sizes.png").stat().st_size

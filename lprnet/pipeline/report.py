@@ -281,7 +281,7 @@ def write_report(metrics_dir: str | os.PathLike, out: str | os.PathLike, pareto_
                            if previous.rows or previous.not_flat else "No committed metrics to compare with.")
     out = Path(out)
     with atomic_path(out / "pareto.png") as pareto_png, atomic_path(out / "sizes.png") as sizes_png:
-        plot(table, pareto_png, sizes_png)
+        plot(table, pareto_png, sizes_png, files.get(SELECT))
     front = pareto_front({row["artifact"]: (row["latency_ms_p50"], row["accuracy"]) for row in table})
     write_csv_atomic(pareto_csv, ["artifact", "latency_ms_p50", "accuracy", "pareto"],
                      [[row["artifact"], row["latency_ms_p50"], row["accuracy"], int(row["artifact"] in front)]
@@ -291,23 +291,32 @@ def write_report(metrics_dir: str | os.PathLike, out: str | os.PathLike, pareto_
     write_text_atomic(out / "report.md", document(files, changes_section))
 
 
-def plot(table: list[dict], path_pareto, path_sizes) -> None:
+def plot(table: list[dict], path_pareto, path_sizes, delivered: dict | None = None) -> None:
+    """The accuracy-latency scatter (Pareto front in red, the delivered model starred) and the sizes' bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    front = pareto_front({row["artifact"]: (row["latency_ms_p50"], row["accuracy"]) for row in table})
+    label = artifact_label(delivered["artifact"]) if delivered else None
+    points = list(table)
+    if delivered and all(row["artifact"] != label for row in table):  # ONNX Runtime on the baseline has no row
+        points.append({"artifact": label, "latency_ms_p50": delivered["latency_ms_p50"],
+                       "accuracy": delivered["accuracy"]})
+    front = pareto_front({row["artifact"]: (row["latency_ms_p50"], row["accuracy"]) for row in points})
     figure, axes = plt.subplots(figsize=(8, 5))
-    for row in table:
+    for row in points:
         on_front = row["artifact"] in front
         axes.scatter(row["latency_ms_p50"], 100 * row["accuracy"], color="tab:red" if on_front else "tab:blue",
                      zorder=3)
         axes.annotate(row["artifact"], (row["latency_ms_p50"], 100 * row["accuracy"]), fontsize=7,
                       xytext=(4, 2), textcoords="offset points")
-    front_rows = sorted((r for r in table if r["artifact"] in front), key=lambda r: r["latency_ms_p50"])
+    front_rows = sorted((r for r in points if r["artifact"] in front), key=lambda r: r["latency_ms_p50"])
     axes.plot([r["latency_ms_p50"] for r in front_rows], [100 * r["accuracy"] for r in front_rows],
               color="tab:red", label="Pareto front")
+    if delivered:
+        axes.scatter(delivered["latency_ms_p50"], 100 * delivered["accuracy"], marker="*", s=260, color="tab:green",
+                     zorder=4, label=f"delivered: {label}")
     axes.set_xscale("log")
     axes.set_xlabel("batch-1 latency p50, ms (log)")
     axes.set_ylabel("plate accuracy, %")
