@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lprnet.compile.tvm.artifact import sha256_file
 from lprnet.errors import InputError
 from lprnet.io import atomic_dir, write_json_atomic
 from lprnet.model.data import load_prepared
@@ -84,21 +85,18 @@ def check_goals(chosen: Candidate | None, log: list[dict], budget: BudgetParams,
     if budget.max_latency_ms is not None and chosen.latency_ms_p50 > budget.max_latency_ms:
         raise InputError(
             f"budget.max_latency_ms {budget.max_latency_ms:g}: the fastest artifact within the accuracy budget, "
-            f"{chosen.name}, takes {chosen.latency_ms_p50:.3f} ms (p50, batch 1); the closest to the goal; "
-            "raise the goal or budget.max_accuracy_drop")
+            f"{chosen.name}, is the closest at {chosen.latency_ms_p50:.3f} ms (p50, batch 1); raise the goal or "
+            "budget.max_accuracy_drop")
 
 
 def sha256_path(path: Path) -> str:
-    """SHA-256 of a file, or of a folder's files (each relative path and content, in sorted order)."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        with file.open("rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    """SHA-256 of a file (as the TVM manifest records its library's), or of a folder: of its files' relative paths and
+    SHA-256s, in sorted order."""
+    if not path.is_dir():
+        return sha256_file(path)
+    listing = "".join(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n"
+                      for file in sorted(p for p in path.rglob("*") if p.is_file()))
+    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 def select_stage(models: str | os.PathLike, data: str | os.PathLike, benchmark: dict, out: str | os.PathLike,
@@ -107,9 +105,11 @@ def select_stage(models: str | os.PathLike, data: str | os.PathLike, benchmark: 
     folder `out`; returns the metrics and the candidates' log (CSV_COLUMNS)."""
     models = Path(models)
     timings = split_benchmark(benchmark)[1]
-    missing = [name for name in (*ARTIFACTS, REFERENCE) if name not in timings]
+    needed = ("latency_ms_p50", "ratio_vs_baseline", "ratio_vs_ort_fp32_baseline")
+    missing = [name for name in (*ARTIFACTS, REFERENCE) if not set(needed) <= set(timings.get(name, {}))]
     if missing:
-        raise InputError(f"benchmark metrics: no timing of {', '.join(missing)} (run `dvc repro benchmark`)")
+        raise InputError(f"benchmark metrics: no {' / '.join(needed)} of {', '.join(missing)} (run `dvc repro "
+                         "benchmark`)")
     validation = load_prepared(data, VALIDATION_SPLIT)
     with tempfile.TemporaryDirectory(prefix="select.") as work:
         paths = {name: models / artifact.path for name, artifact in ARTIFACTS.items()}
