@@ -240,3 +240,72 @@ def test_published_int8_within_one_point_of_fp32(published_weights, published_im
     assert int8["num_images"] == len(files)
     assert int8["accuracy"] >= fp32["accuracy"] - 0.01, (fp32, int8)
     assert predict_texts(int8_predictor, images, batch_size=16) == predict_texts(int8_predictor, images, batch_size=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layers kept float (the quantize stage's fallback to the accuracy budget).
+
+@pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")
+def test_every_single_layer_kept_float_computes_in_float_and_round_trips(tmp_path, random_model, latin,
+                                                                         calibration_images, images_and_labels):
+    from lprnet.optimize.calibrate import int8_layers
+
+    calibration = calibrate(random_model, calibration_images, DEFAULT_METHOD)
+    x = as_input(images_and_labels[0])
+    with torch.no_grad():
+        reference = random_model(x)
+        all_int8_error = float((quantize(random_model, calibration)(x) - reference).norm())
+    layers = int8_layers(random_model)
+    assert "backbone.0" in layers and "backbone.3" in layers and layers["backbone.16"] == ("backbone.16", "backbone.19")
+    errors = {}
+    for layer in layers:  # one calibration covers every split, max pools included
+        mixed = quantize(random_model, calibration, (layer,))
+        kept = mixed.get_submodule(layer)
+        if isinstance(kept, torch.nn.MaxPool2d):
+            assert layer.endswith("pool") or layer == "backbone.3"
+        else:  # the fused conv + ReLU, with the float model's (batch-norm folded) float weights
+            assert type(kept[0]) is torch.nn.Conv2d and not kept[0].weight.is_quantized
+        with torch.no_grad():
+            errors[layer] = float((mixed(x) - reference).norm())
+    # Keeping a convolution float takes its rounding out: on some layer the logits move towards fp32.
+    assert min(errors.values()) < all_int8_error
+    float_layers = ("backbone.4.block.2", "backbone.7.pool")
+    mixed = quantize(random_model, calibration, float_layers)
+    save_quantized(tmp_path / "mixed.pt", random_model.config, latin, mixed, calibration, float_layers)
+    assert torch.load(tmp_path / "mixed.pt", weights_only=True)["float_layers"] == list(float_layers)
+    loaded, _ = load_quantized(tmp_path / "mixed.pt")
+    with torch.no_grad():
+        assert torch.equal(loaded(x), mixed(x))
+
+
+def test_every_layer_float_is_the_float_model(random_model, calibration_images, images_and_labels):
+    from lprnet.optimize.calibrate import int8_layers
+
+    calibration = calibrate(random_model, calibration_images, DEFAULT_METHOD)
+    everything = quantize(random_model, calibration, tuple(int8_layers(random_model)))
+    x = as_input(images_and_labels[0])
+    with torch.no_grad():
+        # Only the global context's int8 weights (calibrate.FLOAT_MODULES) still round.
+        assert float((everything(x) - random_model(x)).abs().max()) < 0.05 * float(random_model(x).abs().max())
+
+
+@pytest.mark.parametrize("float_layers,message", [
+    (("backbone.99",), r"float_layers names \['backbone.99'\] that are not int8 layers"),
+    (("container.0",), r"not int8 layers"),  # always float: not a choice
+    (("backbone.0", "backbone.0"), "distinct layer names"),
+    ("backbone.0", "must be a list"),
+])
+def test_unknown_float_layers_are_refused_by_name(random_model, calibration_images, float_layers, message):
+    calibration = calibrate(random_model, calibration_images, "minmax")
+    with pytest.raises(ValueError, match=message):
+        quantize(random_model, calibration, float_layers)
+
+
+def test_a_saved_float_layer_list_that_names_no_layer_is_refused(tmp_path, random_model, latin, calibration_images):
+    calibration = calibrate(random_model, calibration_images, "minmax")
+    save_quantized(tmp_path / "int8.pt", random_model.config, latin, quantize(random_model, calibration), calibration)
+    payload = torch.load(tmp_path / "int8.pt", weights_only=True)
+    payload["float_layers"] = ["backbone.1"]  # a batch norm, folded into its conv
+    torch.save(payload, tmp_path / "edited.pt")
+    with pytest.raises(ValueError, match=r"edited.pt: float_layers names \['backbone.1'\]"):
+        load_quantized(tmp_path / "edited.pt")

@@ -186,3 +186,32 @@ def test_an_int8_model_of_another_architecture_is_refused(tmp_path, random_model
     other = LPRNet(dataclasses.replace(random_model.config, num_classes=random_model.config.num_classes + 1)).eval()
     with pytest.raises(ValueError, match=r"expected one ONNX Conv with \(36, .*\) weights left, found 0"):
         torch_int8_plan(onnx.load(str(fp32_path)), int8_torch_model(other, images_and_labels[0]))
+
+
+def test_layers_kept_float_in_pytorch_are_float_in_the_qdq_model(tmp_path, random_model, latin, images_and_labels):
+    from lprnet.optimize.calibrate import calibrate
+    from lprnet.optimize.quantize import quantize
+
+    images, _ = images_and_labels
+    float_layers = ("backbone.0", "backbone.7.pool", "backbone.16")  # a conv before a pool, a pool, a conv + dropout
+    mixed = quantize(random_model, calibrate(random_model, images, "histogram"), float_layers)
+    export_onnx(random_model, latin, tmp_path / "fp32.onnx")
+    plan = torch_int8_plan(onnx.load(str(tmp_path / "fp32.onnx")), mixed)
+    quantize_qdq(plan, tmp_path / "int8.onnx")
+    graph = onnx.load(str(tmp_path / "int8.onnx")).graph
+    dequantized = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    float_nodes = [node for node in graph.node if node.name in plan.keep_float]
+    # block 3's output and container as before, plus the two convs and the pool kept float: none reads int8 values
+    assert sorted(node.op_type for node in float_nodes) == ["Conv", "Conv", "Conv", "Conv", "MaxPool"]
+    initializers = {init.name for init in graph.initializer}
+    assert all(node.input[0] not in dequantized and node.input[1] in initializers
+               for node in float_nodes if node.op_type == "Conv")
+    # The float convs read the PyTorch model's float weights (batch norm folded), not int8-rounded ones.
+    weights = {init.name: onnx.numpy_helper.to_array(init) for init in graph.initializer}
+    stem = next(node for node in float_nodes if node.op_type == "Conv" and weights[node.input[1]].shape[1] == 3)
+    assert np.array_equal(weights[stem.input[1]], mixed.get_submodule("backbone.0")[0].weight.detach().numpy())
+    x = to_network_input(images)
+    with torch.no_grad():
+        reference, float_logits = mixed(torch.from_numpy(x)).numpy(), random_model(torch.from_numpy(x)).numpy()
+    ours = load_predictor(tmp_path / "int8.onnx")(x)
+    assert np.abs(ours - reference).mean() < 0.5 * np.abs(float_logits - reference).mean()

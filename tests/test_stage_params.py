@@ -66,8 +66,8 @@ BAD = [
     ("prune", "finetune_steps", {"distill": True, "finetune_steps": 0}),
     ("prune", "batch_size", {"batch_size": 0}),
     ("prune", "seed", {"seed": -1}),
-    ("quantize", "max_accuracy_drop", {"max_accuracy_drop": 1.5}),
-    ("quantize", "max_accuracy_drop", {"max_accuracy_drop": NAN}),
+    ("quantize", "float_fallback", {"float_fallback": "sometimes"}),
+    ("quantize", "float_fallback", {"float_fallback": 1}),
     ("quantize", "qat_steps", {"qat_steps": -1}),
     ("quantize", "qat_lr", {"qat_lr": 0.0}),
     ("quantize", "qat_batch_size", {"qat_batch_size": 0}),
@@ -109,7 +109,7 @@ STAGE_OUTPUTS = {
     "data": {"out": "prepared", "metrics": "data.json"},
     "baseline": {"model": "baseline.pt", "metrics": "baseline.json", "curve": "curve.csv"},
     "prune": {"model": "pruned.pt", "metrics": "prune.json", "search": "prune_search.csv"},
-    "quantize": {"model": "quantized.pt", "metrics": "quantize.json"},
+    "quantize": {"model": "quantized.pt", "metrics": "quantize.json", "fallback": "quantize_fallback.csv"},
 }
 
 
@@ -146,7 +146,7 @@ def stage_argv(stage: str, inputs: Path, params: Path, out: Path) -> list[str]:
     reads = {"data": {}, "baseline": {"data": inputs / "data"},
              "prune": {"baseline": inputs / "baseline.pt", "data": inputs / "data"},
              "quantize": {"pruned": inputs / "pruned.pt", "calibration": inputs / "calibration",
-                          "data": inputs / "data"}}[stage]
+                          "data": inputs / "data", "baseline": inputs / "baseline.pt"}}[stage]
     paths = {**reads, **{name: out / file for name, file in STAGE_OUTPUTS[stage].items()}}
     return [f"stages/{stage}.py", "--params", str(params), *(f"--{k}={v}" for k, v in paths.items())]
 
@@ -163,7 +163,6 @@ def small_params(inputs: Path) -> dict:
     params = {section: repo_params(section) for section in ("data", "baseline", "prune", "quantize", "bench", "budget")}
     params["data"].update(train_size=8, calib_size=4, test_size=4)
     params["prune"].update(finetune_steps=2, batch_size=4)
-    params["quantize"].update(max_accuracy_drop=1.0)
     params["bench"].update(warmup=0, runs=1, throughput_runs=1, throughput_seconds=0.01)
     return params
 

@@ -40,6 +40,7 @@ from onnxruntime.quantization.calibrate import (
 from lprnet.errors import InputError
 from lprnet.io import atomic_path
 from lprnet.model.data import to_network_input
+from lprnet.model.input_spec import INPUT_HEIGHT, INPUT_WIDTH
 from lprnet.optimize.calibrate import (
     ACTIVATION_DTYPE_ARGS,
     BATCH_SIZE,
@@ -138,10 +139,12 @@ def _uint8_range(scale: float, zero_point: int) -> TensorData:
     return TensorData(lowest=np.float32(-zero_point * scale), highest=np.float32((255 - zero_point) * scale))
 
 
-def _quantized_weight(module: torch.nn.Module) -> torch.Tensor | None:
+def _conv_weight(module: torch.nn.Module) -> torch.Tensor | None:
+    """A convolution's weight: int8 (quantized convs, quantize.Int8WeightConv2d) or float (a layer kept float with
+    its float weights); None for any other module."""
     weight = getattr(module, "weight", None)
     weight = weight() if callable(weight) else weight  # quantized convs expose it as a method
-    return weight if isinstance(weight, torch.Tensor) and weight.is_quantized else None
+    return weight if isinstance(weight, torch.Tensor) and weight.dim() == 4 else None
 
 
 class _OnnxNodes:
@@ -168,7 +171,7 @@ class _OnnxNodes:
     def node_of(self, name: str, module: torch.nn.Module) -> onnx.NodeProto:
         if name in self.found:
             return self.found[name]
-        weight = _quantized_weight(module)
+        weight = _conv_weight(module)
         if weight is not None:
             shape = list(weight.shape)
             taken = {id(node) for node in self.found.values()}
@@ -199,6 +202,22 @@ def _pool_attributes(pool: onnx.NodeProto | torch.nn.MaxPool2d) -> dict[str, lis
     return {key: attributes.get(key, [1, 1]) for key in ("kernel_shape", "strides")}
 
 
+def float_max_pools(quantized: torch.fx.GraphModule) -> list[str]:
+    """The max pools of an int8 FX model that compute in float (a layer quantize.quantize kept float): those whose
+    input is a float tensor in a forward pass. Their type is the same as an int8 pool's, so only the data says."""
+    float_pools = []
+    hooks = [module.register_forward_pre_hook(
+        lambda _, args, name=name: None if args[0].is_quantized else float_pools.append(name))
+        for name, module in quantized.named_modules() if isinstance(module, torch.nn.MaxPool2d)]
+    try:
+        with torch.inference_mode():
+            quantized(torch.zeros(1, 3, INPUT_HEIGHT, INPUT_WIDTH))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return float_pools
+
+
 @dataclass(frozen=True)
 class QDQPlan:
     """What quantize_static needs besides the format: the fp32 graph, the activation ranges, the Conv nodes that
@@ -216,7 +235,8 @@ def onnx_runtime_plan(fp32: onnx.ModelProto, cache_path: str | os.PathLike) -> Q
 
 def torch_int8_plan(fp32: onnx.ModelProto, quantized: torch.fx.GraphModule) -> QDQPlan:
     """The PyTorch int8 model's quantization in ONNX Runtime's terms, for `fp32`, the ONNX export of the same float
-    model: the range of every activation it quantizes (by ONNX tensor name), its Conv nodes that compute in float,
+    model: the range of every activation it quantizes (by ONNX tensor name), its Conv and MaxPool nodes that compute
+    in float,
     and its int8 weights (dequantized, written over the float ones so that ONNX Runtime rounds them to the same
     integers, up to its symmetric range of +-127 against PyTorch's -128..127).
 
@@ -234,7 +254,8 @@ def torch_int8_plan(fp32: onnx.ModelProto, quantized: torch.fx.GraphModule) -> Q
         # changed them, up to rounding and batch-norm folding order).
         node = finder.node_of(name, module)
         bias = module.bias() if callable(module.bias) else module.bias
-        for index, value in ((1, _quantized_weight(module).dequantize()), (2, bias)):
+        weight = _conv_weight(module)
+        for index, value in ((1, weight.dequantize() if weight.is_quantized else weight), (2, bias)):
             if value is not None and len(node.input) > index and node.input[index] in finder.initializers:
                 finder.initializers[node.input[index]].CopyFrom(onnx.numpy_helper.from_array(
                     value.detach().float().numpy(), node.input[index]))
@@ -257,12 +278,14 @@ def torch_int8_plan(fp32: onnx.ModelProto, quantized: torch.fx.GraphModule) -> Q
                 # FX fuses the ReLU into the convolution (the scale is the ReLU output's); ONNX keeps it separate.
                 for relu in finder.consumers(output, "Relu"):
                     ranges[relu.output[0]] = ranges[output]
-            else:  # int8 weights, float arithmetic (quantize.Int8WeightConv2d, alone or fused with its ReLU)
+            else:  # float arithmetic (quantize.Int8WeightConv2d or a float conv, alone or fused with its ReLU)
                 for inner in module.modules():
-                    if _quantized_weight(inner) is not None:
+                    if _conv_weight(inner) is not None:
                         keep_float.append(conv_node(node.target, inner).name)
-    for onnx_node in fp32.graph.node:  # topological order: a max pool passes its input's int8 values through
-        if onnx_node.op_type == "MaxPool" and onnx_node.input[0] in ranges:
+    float_pools = [finder.node_of(name, modules[name]).name for name in float_max_pools(quantized)]
+    keep_float += float_pools
+    for onnx_node in fp32.graph.node:  # topological order: an int8 max pool passes its input's int8 values through
+        if onnx_node.op_type == "MaxPool" and onnx_node.input[0] in ranges and onnx_node.name not in float_pools:
             ranges[onnx_node.output[0]] = ranges[onnx_node.input[0]]
     return QDQPlan(fp32, TensorsData(CalibrationMethod.MinMax, dict(sorted(ranges.items()))), keep_float)
 

@@ -201,21 +201,59 @@ def get_method(name: str) -> type[RangeObserver]:
     return METHODS[name]
 
 
-def qconfig_mapping(method: str) -> QConfigMapping:
+def qconfig_mapping(method: str, float_modules: tuple[str, ...] = ()) -> QConfigMapping:
     """int8 everywhere (conv + batch norm + ReLU fused, per-channel symmetric weights, per-tensor activations
-    ranged by `method`) except the global context and block 3's output, which stay float."""
+    ranged by `method`) except the global context, block 3's output and `float_modules`, which stay float."""
     activation = get_method(method).with_args(**ACTIVATION_DTYPE_ARGS)
-    return int8_except_float_parts(QConfig(activation=activation, weight=WEIGHT_OBSERVER))
+    return int8_except_float_parts(QConfig(activation=activation, weight=WEIGHT_OBSERVER), float_modules)
 
 
-def int8_except_float_parts(qconfig: QConfig) -> QConfigMapping:
-    """`qconfig` everywhere but FLOAT_FUNCTIONS and FLOAT_MODULES, which stay float (also for QAT, see qat.py)."""
+def int8_except_float_parts(qconfig: QConfig, float_modules: tuple[str, ...] = ()) -> QConfigMapping:
+    """`qconfig` everywhere but FLOAT_FUNCTIONS, FLOAT_MODULES and `float_modules` (from `float_modules_of`), which
+    stay float (also for QAT, see qat.py)."""
     mapping = QConfigMapping().set_global(qconfig)
     for function in FLOAT_FUNCTIONS:
         mapping.set_object_type(function, None)
-    for name in FLOAT_MODULES:
+    for name in (*FLOAT_MODULES, *float_modules):
         mapping.set_module_name(name, None)
     return mapping
+
+
+def int8_layers(model: LPRNet) -> dict[str, tuple[str, ...]]:
+    """The layers that compute on int8 values unless kept float, by module name in forward order, each with the
+    modules that take its precision: convolutions (fused with their batch norm and ReLU, so keeping one float keeps
+    the three) and max pools outside FLOAT_MODULES. A dropout (identity at inference, whose output is int8 when its
+    input is) goes with the layer before it, so that keeping a layer float never leaves a requantization in front
+    of a dropout, which the ONNX export has no node for."""
+    layers: dict[str, tuple[str, ...]] = {}
+    last = None
+    for name, module in model.named_modules():
+        if any(name == part or name.startswith(part + ".") for part in FLOAT_MODULES):
+            continue
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.MaxPool2d)):
+            layers[name], last = (name,), name
+        elif isinstance(module, torch.nn.Dropout) and last is not None:
+            layers[last] += (name,)
+    return layers
+
+
+def float_modules_of(model: LPRNet, float_layers: tuple[str, ...]) -> tuple[str, ...]:
+    """The module names `float_layers` (keys of `int8_layers`) keep float."""
+    layers = int8_layers(model)
+    return tuple(name for layer in float_layers for name in layers[layer])
+
+
+def check_float_layers(model: LPRNet, float_layers, source) -> tuple[str, ...]:
+    """`float_layers` as a tuple, after checking that it lists distinct names of `int8_layers(model)`."""
+    known = list(int8_layers(model))
+    if (not isinstance(float_layers, (list, tuple)) or not all(isinstance(name, str) for name in float_layers)
+            or len(set(float_layers)) != len(float_layers)):
+        raise InputError(f"{source}: float_layers must be a list of distinct layer names, got {float_layers!r}")
+    unknown = [name for name in float_layers if name not in known]
+    if unknown:
+        raise InputError(f"{source}: float_layers names {unknown} that are not int8 layers of this model "
+                         f"(those are: {', '.join(known)})")
+    return tuple(float_layers)
 
 
 @contextmanager
@@ -230,12 +268,14 @@ def quiet_torch_ao():
         yield
 
 
-def prepare_observed(model: LPRNet, method: str) -> torch.fx.GraphModule:
+def prepare_observed(model: LPRNet, method: str, float_layers: tuple[str, ...] = ()) -> torch.fx.GraphModule:
     """An FX copy of `model` (the model itself is untouched) with conv-bn-relu fused and an observer on every
-    activation the int8 model quantizes."""
+    activation the int8 model with `float_layers` float quantizes, keyed by the traced node names, which do not
+    depend on the split (see `calibrate` for which tensors one calibration covers)."""
     example = (torch.zeros(1, 3, INPUT_HEIGHT, INPUT_WIDTH),)
     with quiet_torch_ao():
-        return prepare_fx(copy.deepcopy(model).eval(), qconfig_mapping(method), example)
+        return prepare_fx(copy.deepcopy(model).eval(), qconfig_mapping(method, float_modules_of(model, float_layers)),
+                          example)
 
 
 def observers(prepared: torch.fx.GraphModule) -> dict[str, RangeObserver]:
@@ -269,12 +309,21 @@ def calibrate(model: LPRNet, images: np.ndarray, method: str, batch_size: int = 
     Returns {format, method, num_images, model_sha256, observers: {node: {min_val, max_val, histogram}}}."""
     get_method(method)
     check_images(images, batch_size)
-    prepared = prepare_observed(model, method)
+    # A max pool kept float moves the quantization of its input to its output, where the all-int8 graph has no
+    # observer. Observing a graph with every max pool float as well covers every split `quantize` may build: any
+    # split observes a subset of the two graphs' tensors, and every tensor's statistics are those of the float
+    # model, whichever graph recorded them.
+    pools = tuple(name for name in int8_layers(model) if isinstance(model.get_submodule(name), torch.nn.MaxPool2d))
+    graphs = [prepare_observed(model, method), prepare_observed(model, method, pools)]
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            prepared(torch.from_numpy(to_network_input(images[start:start + batch_size])))
-    statistics = {name: {key: value.detach().clone() for key, value in observer.state_dict().items()}
-                  for name, observer in observers(prepared).items()}
+            batch = torch.from_numpy(to_network_input(images[start:start + batch_size]))
+            for graph in graphs:
+                graph(batch)
+    statistics = {}
+    for graph in graphs:
+        for name, observer in observers(graph).items():
+            statistics.setdefault(name, {key: value.detach().clone() for key, value in observer.state_dict().items()})
     return {"format": FORMAT, "method": method, "num_images": len(images), "model_sha256": model_fingerprint(model),
             "observers": statistics}
 

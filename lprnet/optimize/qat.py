@@ -28,6 +28,8 @@ from lprnet.model.network import LPRNet
 from lprnet.optimize.calibrate import (
     ACTIVATION_DTYPE_ARGS,
     check_calibration,
+    check_float_layers,
+    float_modules_of,
     int8_except_float_parts,
     observers,
     prepare_observed,
@@ -41,21 +43,24 @@ WEIGHT_FAKE_QUANT = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMa
                                            quant_max=127, dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
 
 
-def qat_qconfig_mapping() -> QConfigMapping:
+def qat_qconfig_mapping(float_modules: tuple[str, ...] = ()) -> QConfigMapping:
     """calibrate.qconfig_mapping's int8/float split, with fake quantization in place of the observers."""
-    return int8_except_float_parts(QConfig(activation=ACTIVATION_FAKE_QUANT, weight=WEIGHT_FAKE_QUANT))
+    return int8_except_float_parts(QConfig(activation=ACTIVATION_FAKE_QUANT, weight=WEIGHT_FAKE_QUANT), float_modules)
 
 
-def prepare_qat(model: LPRNet, calibration: dict) -> torch.fx.GraphModule:
-    """A trainable fake-quantized FX copy of `model` (untouched), activation ranges starting from `calibration`."""
+def prepare_qat(model: LPRNet, calibration: dict, float_layers: tuple[str, ...] = ()) -> torch.fx.GraphModule:
+    """A trainable fake-quantized FX copy of `model` (untouched), activation ranges starting from `calibration`,
+    the layers in `float_layers` float (as in quantize.quantize)."""
     check_calibration(calibration, "calibration", model)
+    float_layers = check_float_layers(model, float_layers, "float_layers")
     example = (torch.zeros(1, 3, INPUT_HEIGHT, INPUT_WIDTH),)
     with quiet_torch_ao():
-        prepared = prepare_qat_fx(copy.deepcopy(model).train(), qat_qconfig_mapping(), example)
+        prepared = prepare_qat_fx(copy.deepcopy(model).train(),
+                                  qat_qconfig_mapping(float_modules_of(model, float_layers)), example)
     prepared.apply(intrinsic_qat.freeze_bn_stats)
     # Start every activation range at the calibration's clipping: the post-training graph observes the same tensors
     # under the same node names.
-    observed = prepare_observed(model, calibration["method"])
+    observed = prepare_observed(model, calibration["method"], float_layers)
     load_statistics(observed, calibration["observers"])
     ranges = {name: observer.select_range() for name, observer in observers(observed).items()}
     fake_quants = activation_fake_quants(prepared)
@@ -83,7 +88,7 @@ def activation_fake_quants(prepared: torch.fx.GraphModule) -> dict[str, FakeQuan
     return found
 
 
-def convert_qat(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+def convert_qat(prepared: torch.fx.GraphModule, float_modules: tuple[str, ...] = ()) -> torch.fx.GraphModule:
     """The int8 model of a fine-tuned QAT graph, structured as quantize.quantize's (see load_quantized)."""
     model = copy.deepcopy(prepared).eval()
     # prepare_qat_fx fused the float part's convolution + batch norm (+ ReLU) into trainable intrinsic modules, which
@@ -96,4 +101,4 @@ def convert_qat(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
             replacement.qconfig = module.qconfig  # None: convert_fx reads it to leave the module float
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child, replacement)
-    return convert(model)
+    return convert(model, float_modules)

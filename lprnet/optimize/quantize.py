@@ -3,10 +3,11 @@
 `quantize` turns a float model and a calibration artifact (calibrate.py) into an int8 FX GraphModule without
 running any data: it loads the recorded statistics into the observers and converts. What computes in int8 and
 what stays float is decided in calibrate.py (`qconfig_mapping`): the backbone is int8, the global context and
-block 3's output convolution are float. The convolutions that compute in float still keep their weights as
-per-channel int8, dequantized once when built or loaded (`Int8WeightConv2d`): every convolution weight in the file
-is int8 (biases stay float), which keeps the file under 30 % of the fp32 one, and the in-memory model computes with
-exactly the rounded weights the file holds.
+block 3's output convolution are float, and so are the backbone layers the caller names in `float_layers` (the
+quantize stage's sensitivity-ranked fallback), which the artifact records. The global context and block 3's output
+keep their convolution weights as per-channel int8, dequantized once when built or loaded (`Int8WeightConv2d`),
+which keeps the file under 30 % of the fp32 one while the in-memory model computes with exactly the rounded weights
+the file holds; the `float_layers` keep float weights, since they are float to win accuracy back.
 
 The artifact never pickles the GraphModule: it stores the float config, the calibration method and the int8 state
 dict (weights, scales and zero points are tensors in it), all readable with `torch.load(weights_only=True)`.
@@ -31,7 +32,15 @@ from lprnet.io import save_torch_atomic
 from lprnet.model.alphabet import Alphabet, get_alphabet
 from lprnet.model.input_spec import INPUT_HEIGHT, INPUT_WIDTH
 from lprnet.model.network import LPRNet, LPRNetConfig
-from lprnet.optimize.calibrate import WEIGHT_OBSERVER, check_calibration, observers, prepare_observed, quiet_torch_ao
+from lprnet.optimize.calibrate import (
+    WEIGHT_OBSERVER,
+    check_calibration,
+    check_float_layers,
+    float_modules_of,
+    observers,
+    prepare_observed,
+    quiet_torch_ao,
+)
 
 FORMAT = "lprnet-pipeline-int8/1"
 
@@ -74,30 +83,38 @@ class Int8WeightConv2d(nn.Module):
         return F.conv2d(x, self.float_weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
-def quantize(model: LPRNet, calibration: dict) -> torch.fx.GraphModule:
-    """The int8 version of `model`, with activation ranges chosen by the calibration's method from its statistics.
+def quantize(model: LPRNet, calibration: dict, float_layers: tuple[str, ...] = ()) -> torch.fx.GraphModule:
+    """The int8 version of `model`, with activation ranges chosen by the calibration's method from its statistics,
+    and the convolutions named in `float_layers` (calibrate.int8_layers) computing in float.
 
     `model` is not modified. The calibration must come from the same weights (checked by fingerprint)."""
     check_calibration(calibration, "calibration", model)
-    prepared = prepare_observed(model, calibration["method"])
+    float_layers = check_float_layers(model, float_layers, "float_layers")
+    prepared = prepare_observed(model, calibration["method"], float_layers)
     load_statistics(prepared, calibration["observers"])
-    return convert(prepared)
+    return convert(prepared, float_modules_of(model, float_layers))
 
 
 def load_statistics(prepared: torch.fx.GraphModule, statistics: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Load recorded statistics into `prepared`'s observers. The calibration records more tensors than one split
+    observes (calibrate.calibrate), so only missing ones are an error."""
     expected = observers(prepared)
-    if set(statistics) != set(expected):
-        missing, extra = sorted(set(expected) - set(statistics)), sorted(set(statistics) - set(expected))
-        raise InputError(f"calibration statistics do not match this model's quantized activations (missing: "
-                         f"{missing or 'none'}; unexpected: {extra or 'none'}); recalibrate this model")
+    missing = sorted(set(expected) - set(statistics))
+    if missing:
+        raise InputError(f"calibration statistics lack activations this model quantizes ({missing}); recalibrate "
+                         f"this model")
     for name, observer in expected.items():
         observer.load_state_dict(statistics[name])
 
 
-def convert(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+def convert(prepared: torch.fx.GraphModule, float_modules: tuple[str, ...] = ()) -> torch.fx.GraphModule:
+    """The int8 model of an observed graph. Its float convolutions keep int8 weights (Int8WeightConv2d), except
+    those of `float_modules` (calibrate.float_modules_of): a layer kept float to win accuracy back keeps its float
+    weights too, since int8 weights alone can cost plates."""
     with quiet_torch_ao():
         model = convert_fx(prepared)
-    float_convs = [name for name, module in model.named_modules() if type(module) is nn.Conv2d]
+    float_convs = [name for name, module in model.named_modules() if type(module) is nn.Conv2d
+                   and not any(name == kept or name.startswith(kept + ".") for kept in float_modules)]
     for name in float_convs:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
@@ -106,14 +123,16 @@ def convert(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
 
 def save_quantized(path: str | os.PathLike, float_config: LPRNetConfig, alphabet: Alphabet,
-                   quantized_model: torch.nn.Module, calibration: dict) -> None:
-    """Write {format, alphabet, config, method, state_dict}: everything `load_quantized` needs, no code."""
+                   quantized_model: torch.nn.Module, calibration: dict, float_layers: tuple[str, ...] = ()) -> None:
+    """Write {format, alphabet, config, method, float_layers, state_dict}: everything `load_quantized` needs, no
+    code. `float_layers` must be the ones `quantized_model` was built with."""
     if float_config.num_classes != alphabet.num_classes:
         raise InputError(f"config has {float_config.num_classes} classes, alphabet {alphabet.name!r} has "
                          f"{alphabet.num_classes}")
     check_calibration(calibration, "calibration")
+    float_layers = check_float_layers(LPRNet(float_config), float_layers, "float_layers")
     payload = {"format": FORMAT, "alphabet": alphabet.name, "config": float_config.to_dict(),
-               "method": calibration["method"],
+               "method": calibration["method"], "float_layers": list(float_layers),
                "state_dict": pack_state_dict(quantized_model.state_dict())}
     save_torch_atomic(path, payload)
 
@@ -175,7 +194,9 @@ def load_quantized(path: str | os.PathLike) -> tuple[torch.fx.GraphModule, Alpha
     if config.num_classes != alphabet.num_classes:
         raise InputError(f"{path}: config has {config.num_classes} classes, alphabet {alphabet.name!r} has "
                          f"{alphabet.num_classes}")
-    model = rebuild_graph(config)
+    # Absent in files written before layers could be kept float, which had none.
+    float_layers = check_float_layers(LPRNet(config), payload.get("float_layers", []), path)
+    model = rebuild_graph(config, float_layers)
     try:
         model.load_state_dict(unpack_state_dict(payload["state_dict"]), strict=True)
     except RuntimeError as error:
@@ -184,11 +205,13 @@ def load_quantized(path: str | os.PathLike) -> tuple[torch.fx.GraphModule, Alpha
     return model.eval(), alphabet
 
 
-def rebuild_graph(config: LPRNetConfig) -> torch.fx.GraphModule:
-    """The int8 graph of an LPRNet with this config, with placeholder weights and quantization parameters: every
-    one of them is a tensor in the saved state dict, which the caller loads over them."""
+def rebuild_graph(config: LPRNetConfig, float_layers: tuple[str, ...] = ()) -> torch.fx.GraphModule:
+    """The int8 graph of an LPRNet with this config and these float layers, with placeholder weights and
+    quantization parameters: every one of them is a tensor in the saved state dict, which the caller loads over
+    them."""
     # Every method places the same observers with the same dtypes, so the cheapest one builds the same graph.
-    prepared = prepare_observed(LPRNet(config).eval(), "minmax")
+    model = LPRNet(config).eval()
+    prepared = prepare_observed(model, "minmax", float_layers)
     with torch.no_grad():  # one pass so that every observer has a (meaningless) range to convert with
         prepared(torch.zeros(1, 3, INPUT_HEIGHT, INPUT_WIDTH))
-    return convert(prepared)
+    return convert(prepared, float_modules_of(model, float_layers))

@@ -33,7 +33,7 @@ class BudgetParams:
     max_accuracy_drop: float  # validation plate accuracy the delivered model may lose against the baseline, [0, 1]
     max_latency_ms: float | None  # None: no latency goal
     max_size_mb: float | None  # None: no size goal
-    prune_share: float  # the share of max_accuracy_drop that `prune.ratio: auto` may spend, (0, 1]
+    prune_share: float  # the share of max_accuracy_drop that `prune.ratio: auto` may spend, (0, 1]; int8 the rest
 
     def __post_init__(self):
         drop = self.max_accuracy_drop
@@ -51,16 +51,28 @@ class BudgetParams:
         return baseline_accuracy - self.max_accuracy_drop
 
     def keeps_accuracy(self, accuracy: float, baseline_accuracy: float) -> bool:
-        return _at_least(accuracy, self.accuracy_floor(baseline_accuracy))
+        return keeps_floor(accuracy, self.accuracy_floor(baseline_accuracy))
 
     def prune_floor(self, baseline_accuracy: float) -> float:
         """The lowest validation accuracy a pruned model may keep: the baseline's less `prune_share` of the budget."""
         return baseline_accuracy - self.prune_share * self.max_accuracy_drop
 
     def keeps_prune_share(self, accuracy: float, baseline_accuracy: float) -> bool:
-        return _at_least(accuracy, self.prune_floor(baseline_accuracy))
+        return keeps_floor(accuracy, self.prune_floor(baseline_accuracy))
 
 
-def _at_least(accuracy: float, floor: float) -> bool:
+    def int8_floor(self, baseline_accuracy: float, source_accuracy: float) -> float:
+        """The lowest validation accuracy the int8 model of a float model at `source_accuracy` may keep: what pruning
+        left of the budget, and at least the rest of the budget (1 - prune_share) below its source when pruning
+        already spent more."""
+        return min(self.accuracy_floor(baseline_accuracy),
+                   source_accuracy - (1 - self.prune_share) * self.max_accuracy_drop)
+
+    def keeps_int8_share(self, accuracy: float, baseline_accuracy: float, source_accuracy: float) -> bool:
+        return keeps_floor(accuracy, self.int8_floor(baseline_accuracy, source_accuracy))
+
+
+def keeps_floor(accuracy: float, floor: float) -> bool:
+    """Whether `accuracy` is at least `floor`, up to floating-point rounding."""
     # A tolerance of one part in a billion: 0.98 - 0.005 is 0.975000...01 in floating point.
     return accuracy >= floor - 1e-9

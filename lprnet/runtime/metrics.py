@@ -31,6 +31,26 @@ def count_macs(model: torch.nn.Module) -> int:
     return counter.get_total_flops() // 2
 
 
+def conv_macs(model: torch.nn.Module) -> dict[str, int]:
+    """Multiply-accumulates of each float Conv2d of `model` (by module name) in one batch-1 forward pass."""
+    macs: dict[str, int] = {}
+
+    def hook(name):
+        def record(module, _, output):
+            macs[name] = output.numel() * module.weight[0].numel()  # each output reads one filter's weights
+        return record
+
+    handles = [module.register_forward_hook(hook(name)) for name, module in model.named_modules()
+               if isinstance(module, torch.nn.Conv2d)]
+    try:
+        with torch.inference_mode():
+            model.eval()(torch.zeros(1, 3, INPUT_HEIGHT, INPUT_WIDTH))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return macs
+
+
 def model_stats(model: torch.nn.Module) -> dict:
     return {"params": count_params(model), "macs": count_macs(model)}
 
