@@ -116,6 +116,7 @@ SLOW_TESTS = (  # module::function, every parameter
     "test_quantize::test_save_load_round_trip_gives_identical_logits",
     "test_train::test_a_fine_tuning_that_no_validation_prefers_returns_the_starting_weights",
     "test_train::test_distillation_moves_the_student_towards_the_teacher_without_reading_labels_or_batch_norm",
+    "test_train::test_a_distillation_term_in_label_fine_tuning_moves_the_student_towards_the_teacher",
 )
 SLOW_FIXTURES = ("published_weights",)
 

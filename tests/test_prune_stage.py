@@ -1,5 +1,6 @@
-"""The `prune` stage script: distillation instead of label fine-tuning, `ratio: auto` against the accuracy budget, and
-its settings refused when invalid. The search's bisection with set accuracies: tests/test_prune_search.py."""
+"""The `prune` stage script: distillation instead of, or added to, label fine-tuning, `ratio: auto` against the
+accuracy budget, and its settings refused when invalid. The search's bisection with set accuracies:
+tests/test_prune_search.py."""
 
 from __future__ import annotations
 
@@ -46,6 +47,18 @@ def test_distilled_fine_tuning_validates_and_reports_like_label_fine_tuning(tmp_
     assert metrics["macs_ratio"] < 0.7 and metrics["num_images"] == 8
     assert {"finetune_val_accuracy_start", "finetune_val_accuracy", "finetune_kept_step"} <= set(metrics)
     assert "distill" in result.stderr  # its progress bar, not train_ctc's
+
+
+@pytest.mark.parametrize(("distill_alpha", "progress"), [(1.0, "train+distill"), (0.0, "train:")])
+def test_label_fine_tuning_adds_the_distillation_term_only_with_a_positive_alpha(tmp_path, random_model, latin,
+                                                                                  images_and_labels, distill_alpha,
+                                                                                  progress):
+    result = run_prune_stage(tmp_path, random_model, latin, images_and_labels, ratio=0.5, finetune_steps=4,
+                             batch_size=8, distill=False, distill_alpha=distill_alpha)
+    assert result.returncode == 0, result.stderr
+    assert progress in result.stderr  # train_ctc's progress bar names the loss
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"finetune_val_accuracy_start", "finetune_val_accuracy", "finetune_kept_step"} <= set(metrics)
 
 
 @pytest.mark.parametrize("temperature", [0, -1, float("nan")])

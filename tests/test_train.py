@@ -1,6 +1,6 @@
 """train_ctc's `keep_start`: fine-tuning validates the starting weights and returns them when no later validation
-beats them (the published weights lose their accuracy in train mode, see train.py); distillation towards a teacher;
-TrainConfig without defaults, epochs as steps, and what every fine-tuning shares."""
+beats them (the published weights lose their accuracy in train mode, see train.py); distillation towards a teacher,
+alone or added to the label loss; TrainConfig without defaults, epochs as steps, and what every fine-tuning shares."""
 
 from __future__ import annotations
 
@@ -102,6 +102,36 @@ def test_distillation_moves_the_student_towards_the_teacher_without_reading_labe
     relabelled = copy.deepcopy(student)
     distill(relabelled, teacher, latin, (images, labels[::-1]), images_and_labels, config)
     assert states_equal(relabelled, distilled)
+
+
+def test_a_distillation_term_in_label_fine_tuning_moves_the_student_towards_the_teacher(random_model, latin,
+                                                                                        images_and_labels):
+    teacher = remove_dead_channels(random_model)[0]
+    student = prune_channels(teacher, 0.5)
+    x = as_input(images_and_labels[0])
+
+    def gap(model):
+        # Measured as trained, on batch statistics: the random model's running statistics are deliberately far from
+        # them, and a few steps move them only part of the way. Same dropout in every model (same seed).
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return distillation_loss(copy.deepcopy(model).train()(x), teacher(x), 2.0).item()
+
+    config = TrainConfig(steps=12, batch_size=8, lr=3e-3, weight_decay=1e-4, eval_every=6, patience=10, seed=0,
+                         threads=2, keep_start=False)
+    labels_only = copy.deepcopy(student)
+    train_ctc(labels_only, latin, images_and_labels, images_and_labels, config)
+    mixed = copy.deepcopy(student)
+    history = train_ctc(mixed, latin, images_and_labels, images_and_labels, config, teacher=teacher,
+                        distill_alpha=10.0)
+    assert [row["step"] for row in history] == [6, 12]
+    assert gap(mixed) < 0.8 * min(gap(student), gap(labels_only))
+    # Batch norm trains (unlike distill's): its running statistics move.
+    assert not all(torch.equal(mixed.state_dict()[k], v) for k, v in student.state_dict().items() if "running" in k)
+    # A weight of 0 is label fine-tuning, step for step.
+    zero = copy.deepcopy(student)
+    train_ctc(zero, latin, images_and_labels, images_and_labels, config, teacher=teacher, distill_alpha=0.0)
+    assert states_equal(zero, labels_only)
 
 
 def test_augment_keeps_the_shape_and_moves_pixels_within_its_bounds(images_and_labels):

@@ -1,6 +1,7 @@
 """CTC training, fine-tuning and distillation of LPRNet on in-memory splits.
 
-`train_ctc` fits the labels; `distill` fits a teacher model's per-frame output distributions instead. Both use
+`train_ctc` fits the labels, optionally plus a teacher model's per-frame output distributions (label fine-tuning with
+a distillation term); `distill` fits the teacher's distributions alone, on augmented images. Both use
 AdamW with a one-cycle learning-rate schedule, periodic validation on a held-out split (never the test split),
 early stop when validation accuracy has not improved for `patience` checks, and the best weights restored at the
 end (with `keep_start`, the starting weights compete too). Batches are in channels-last memory format, which
@@ -116,15 +117,31 @@ def augment(images: torch.Tensor) -> torch.Tensor:
 
 
 def train_ctc(model: LPRNet, alphabet: Alphabet, train: tuple[np.ndarray, np.ndarray],
-              validation: tuple[np.ndarray, np.ndarray], config: TrainConfig) -> list[dict]:
+              validation: tuple[np.ndarray, np.ndarray], config: TrainConfig, teacher: torch.nn.Module | None = None,
+              distill_alpha: float = 0.0, temperature: float = 2.0) -> list[dict]:
     """Train `model` in place on the labels (CTC loss, batch norm in train mode); return the history, one row per
-    validation."""
+    validation.
+
+    With a `teacher` and `distill_alpha` > 0, the loss adds `distill_alpha` times the distillation loss towards the
+    teacher's per-frame outputs on the same images: a pruned model that starts at 0 % gets a target for every frame
+    from its unpruned self, not only a plate text, and recovers in fewer steps; the labels keep it anchored to the
+    truth where the teacher is wrong."""
+    if teacher is not None:
+        teacher = teacher.eval()
+    distills = teacher is not None and distill_alpha > 0
+
     def batch_loss(x: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
         targets, lengths = encode_labels(labels, alphabet)
         model.train()
-        return ctc_loss(model(x), targets, lengths, alphabet.blank)
+        logits = model(x)
+        loss = ctc_loss(logits, targets, lengths, alphabet.blank)
+        if distills:
+            with torch.no_grad():
+                target = teacher(x)
+            loss = loss + distill_alpha * distillation_loss(logits, target, temperature)
+        return loss
 
-    return _fit(model, alphabet, train, validation, config, batch_loss, "train")
+    return _fit(model, alphabet, train, validation, config, batch_loss, "train+distill" if distills else "train")
 
 
 def distill(model: LPRNet, teacher: torch.nn.Module, alphabet: Alphabet, train: tuple[np.ndarray, np.ndarray],

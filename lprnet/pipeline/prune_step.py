@@ -1,10 +1,11 @@
 """The prune stage's work: the `prune` section of params.yaml, checked, and the pruned model it describes.
 
 Lossless dead-channel removal, then structural filter pruning (lprnet.optimize.prune), then optional fine-tuning on
-the labels or distilled from the losslessly pruned model (lprnet.optimize.train), which keeps the starting weights
-when no validation beats them. Fine-tuning and the activation criterion read the train split, validation reads
-calib, and the test split is only scored. The metrics add to the common keys the reductions against the baseline,
-what the lossless step removed and, when it fine-tunes, the validation accuracy before and after.
+the labels (with `distill_alpha` > 0, plus a distillation term towards the losslessly pruned model) or distilled from
+that model alone (lprnet.optimize.train), which keeps the starting weights when no validation beats them.
+Fine-tuning and the activation criterion read the train split, validation reads calib, and the test split is only
+scored. The metrics add to the common keys the reductions against the baseline, what the lossless step removed and,
+when it fine-tunes, the validation accuracy before and after.
 
 `ratio: auto` searches `auto_ratios` for the largest ratio whose fine-tuned model keeps `budget.prune_share` of the
 accuracy budget (lprnet/pipeline/budget.py) against the baseline on the validation split, by bisection: accuracy
@@ -51,6 +52,7 @@ class PruneParams:
     finetune_lr: float
     distill: bool  # fine-tune towards the losslessly pruned model's outputs instead of the labels
     distill_temperature: float
+    distill_alpha: float  # label fine-tuning: weight of the distillation term added to the CTC loss (0: labels only)
     batch_size: int
     seed: int
 
@@ -81,6 +83,9 @@ class PruneParams:
             raise InputError(f"prune.finetune_lr must be positive, got {self.finetune_lr!r}")
         if not self.distill_temperature > 0:
             raise InputError(f"prune.distill_temperature must be positive, got {self.distill_temperature!r}")
+        if (isinstance(self.distill_alpha, bool) or not isinstance(self.distill_alpha, numbers.Real)
+                or not 0 <= self.distill_alpha < float("inf")):
+            raise InputError(f"prune.distill_alpha must be a finite number >= 0, got {self.distill_alpha!r}")
         if self.distill and self.finetune_steps <= 0:
             raise InputError(f"prune.distill is true but prune.finetune_steps is {self.finetune_steps}: "
                              "distillation is fine-tuning, give it steps")
@@ -109,7 +114,8 @@ def prune_and_finetune(lossless: LPRNet, ratio: float, params: PruneParams, trai
     if params.distill:
         history = distill(pruned, lossless, alphabet, train, validation, config, params.distill_temperature)
     else:
-        history = train_ctc(pruned, alphabet, train, validation, config)
+        history = train_ctc(pruned, alphabet, train, validation, config, teacher=lossless,
+                            distill_alpha=params.distill_alpha, temperature=params.distill_temperature)
     best = max(history, key=lambda row: row["val_accuracy"])  # the first of equals: what fine-tuning keeps
     return pruned, {"finetune_val_accuracy_start": history[0]["val_accuracy"],
                     "finetune_val_accuracy": best["val_accuracy"], "finetune_kept_step": best["step"]}
