@@ -114,13 +114,17 @@ def test_select_delivers_one_model_that_predicts_and_a_budget_change_reruns_only
                 repo).stdout.splitlines()
     assert [line.split("\t")[0] for line in lines] == [str(path) for path in sorted(images.iterdir())]
     shutil.rmtree(images)
-    # prune reads the budget too (for ratio auto); with an explicit ratio it writes the same model, so the stages
-    # between it and select are not run again.
+    # prune (for ratio auto) and quantize (its int8 floor) read the budget too; with an explicit ratio prune writes
+    # the same model, and quantize the same int8 model when int8 keeps both floors, so the stages between them and
+    # select are not run again.
+    committed = yaml.safe_load((repo / "params.yaml").read_text())["budget"]["max_accuracy_drop"]
     log = run([*DVC, "exp", "run", "-S", "budget.max_accuracy_drop=0.02"], repo).stdout
-    assert ran_stages(log) == {"prune", "select", "report"}
+    assert ran_stages(log) == {"prune", "quantize", "select", "report"}
     assert json.loads((repo / "metrics/select.json").read_text())["max_accuracy_drop"] == 0.02
-    run(["git", "checkout", "-q", "--", "params.yaml"], repo)
-    run([*DVC, "exp", "run"], repo)  # back to the committed budget (restored from the run cache)
+    quantized = json.loads((repo / "metrics/quantize.json").read_text())
+    assert quantized["val_accuracy_floor"] == pytest.approx(min(quantized["baseline_val_accuracy"] - 0.02,
+                                                                quantized["fp32_val_accuracy"] - 0.01))
+    run([*DVC, "exp", "run", "-S", f"budget.max_accuracy_drop={committed}"], repo)  # back to the committed budget
 
 
 # Stages whose artifacts depend on time measured while they run: MetaSchedule keeps the fastest schedule it timed
@@ -305,6 +309,8 @@ def test_folder_profile_with_published_weights(repo, published_weights, publishe
     # Stopping there saves about 100 s of the suite's 15-minute budget.
     run([*DVC, "exp", "run", "-S", "data.source=folder", "-S",
          f"data.folder={published_images}", "-S", f"baseline.weights={published_weights}",
+         # The default ratio is the synthetic profile's; 145 fine-tuning plates hold 0.3 (README, Profiles).
+         "-S", "prune.ratio=0.3",
          # A small test share keeps the untuned TVM stage quick: 56 plates.
          "-S", "data.finetune_fraction=0.7", "-S", "data.test_fraction=0.1", "tvm-import"], repo)
     data = json.loads((repo / "metrics/data.json").read_text())
