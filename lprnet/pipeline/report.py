@@ -274,6 +274,7 @@ Batch 1, from this benchmark; the delivered model's test accuracy from the selec
 PARETO_COLUMNS = ("artifact", "latency_ms_p50", "accuracy", "pareto", "delivered")
 SIZE_COLUMNS = ("artifact", "size_mb")
 PLOT_DIGITS = 4  # decimals of the plot data: readable files, small diffs
+LABEL_STEP_POINTS = 10  # the PNG scatter's labels of equally accurate points, stacked this far apart
 
 
 def pareto_rows(table: list[dict], delivered: dict | None) -> list[dict]:
@@ -326,16 +327,23 @@ def plot(pareto_csv: str | os.PathLike, sizes_csv: str | os.PathLike, path_paret
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     points = [{"artifact": row["artifact"], "latency_ms_p50": float(row["latency_ms_p50"]),
                "accuracy": float(row["accuracy"]), "pareto": row["pareto"] == "1", "delivered": row["delivered"] == "1"}
               for row in read_csv(pareto_csv, PARETO_COLUMNS)]
     figure, axes = plt.subplots(figsize=(8, 5))
-    for point in points:
+    # Labels of points with the same accuracy (every fp32 artifact of one model scores the same) are stacked upwards
+    # in latency order, each joined to its point, as in dvc.yaml's plot of the same file.
+    same_accuracy_before: dict[float, int] = {}
+    for point in sorted(points, key=lambda point: point["latency_ms_p50"]):
         axes.scatter(point["latency_ms_p50"], 100 * point["accuracy"],
                      color="tab:red" if point["pareto"] else "tab:blue", zorder=3)
+        level = same_accuracy_before.get(point["accuracy"], 0)
+        same_accuracy_before[point["accuracy"]] = level + 1
         axes.annotate(point["artifact"], (point["latency_ms_p50"], 100 * point["accuracy"]), fontsize=7,
-                      xytext=(4, 2), textcoords="offset points")
+                      xytext=(4, 2 + LABEL_STEP_POINTS * level), textcoords="offset points",
+                      arrowprops={"arrowstyle": "-", "linewidth": 0.4, "alpha": 0.5} if level else None)
     front = sorted((point for point in points if point["pareto"]), key=lambda point: point["latency_ms_p50"])
     # A staircase, as in dvc.yaml's plot: the best accuracy to be had within each latency.
     axes.plot([point["latency_ms_p50"] for point in front], [100 * point["accuracy"] for point in front],
@@ -345,6 +353,7 @@ def plot(pareto_csv: str | os.PathLike, sizes_csv: str | os.PathLike, path_paret
             axes.scatter(point["latency_ms_p50"], 100 * point["accuracy"], marker="*", s=260, color="tab:green",
                          zorder=4, label=f"delivered: {point['artifact']}")
     axes.set_xscale("log")
+    axes.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     axes.set_title("Test plate accuracy vs batch-1 latency")
     axes.set_xlabel("batch-1 latency p50 (ms, log scale)")
     axes.set_ylabel("plate accuracy, test split (%)")
