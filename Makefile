@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: repro test test-fast lint
+.PHONY: repro test test-fast lint plots
 
 repro: $(VENV)/.installed
 	dvc repro
@@ -20,6 +20,16 @@ test: $(VENV)/.installed
 test-fast: $(VENV)/.installed
 	ruff check .
 	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} pytest -m "not slow and not e2e"
+
+# `dvc plots show` as a page that works offline (docs/plots.md): vega, vega-lite and vega-embed from npm, installed once
+# in VEGA_DIR and copied beside the page, in place of the CDN dvc's own page loads them from. Open dvc_plots/index.html.
+VEGA_DIR ?= /tmp/lprnet-vega
+VEGA_BUILDS := vega/build/vega.min.js vega-lite/build/vega-lite.min.js vega-embed/build/vega-embed.min.js
+plots: $(VENV)/.installed
+	test -d $(VEGA_DIR)/node_modules/vega-embed || npm install --silent --prefix $(VEGA_DIR) vega@5.33.1 vega-lite@5.23.0 vega-embed@6.29.0
+	dvc plots show --html-template .dvc/plots/page.html -o dvc_plots
+	mkdir -p dvc_plots/vega
+	cp $(addprefix $(VEGA_DIR)/node_modules/,$(VEGA_BUILDS)) dvc_plots/vega/
 
 lint: $(VENV)/.installed
 	ruff check .

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lprnet.csv_io import write_csv_atomic
+from lprnet.csv_io import read_csv, write_csv_atomic
+from lprnet.errors import InputError
 
 
 def test_header_then_rows_from_sequences_or_mappings_with_floats_rounded(tmp_path):
@@ -25,3 +26,11 @@ def test_a_row_that_does_not_fit_the_columns_is_a_bug_and_writes_nothing(tmp_pat
     with pytest.raises(ValueError, match="columns"):
         write_csv_atomic(tmp_path / "t.csv", ["a", "b"], [row])
     assert not (tmp_path / "t.csv").exists()
+
+
+def test_a_table_reads_back_as_written_and_another_header_is_refused_by_name(tmp_path):
+    path = tmp_path / "t.csv"
+    write_csv_atomic(path, ["artifact", "ms"], [["ort, fp32", 1.5]])
+    assert read_csv(path, ["artifact", "ms"]) == [{"artifact": "ort, fp32", "ms": "1.5"}]
+    with pytest.raises(InputError, match=r"t\.csv: columns \['artifact', 'ms'\] are not the expected"):
+        read_csv(path, ["artifact", "ms", "pareto"])

@@ -86,10 +86,11 @@ def test_repro_writes_artifacts_metrics_and_plots(repo):
     assert baseline["latency_ms_p50"] <= baseline["latency_ms_p90"]
     quantize = json.loads((repo / "metrics/quantize.json").read_text())
     assert quantize["qat_steps"] == 2 and quantize["qat_gain_vs_ptq"] == quantize["accuracy"] - quantize["ptq_accuracy"]
-    curve = (repo / "reports/baseline_curve.csv").read_text().splitlines()
-    assert curve[0].startswith("step,") and len(curve) > 2
-    plots = run([*DVC, "plots", "show", "--json"], repo)
-    assert "baseline_curve.csv" in plots.stdout
+    curve = (repo / "reports/training/baseline/plots/metrics/val_accuracy.tsv").read_text().splitlines()
+    assert curve[0] == "step\tval_accuracy" and len(curve) > 2  # DVCLive's, one row per validation
+    assert json.loads((repo / "reports/training/quantize/metrics.json").read_text())["step"] == 2  # QAT's last step
+    plots = json.loads(run([*DVC, "plots", "show", "--json"], repo).stdout)
+    assert "errors" not in plots and plots["data"]["training-accuracy"][0]["content"]["data"]["values"]
 
 
 def test_select_delivers_one_model_that_predicts_and_a_budget_change_reruns_only_what_reads_it(repo):

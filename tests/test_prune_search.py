@@ -23,7 +23,7 @@ def search(monkeypatch, random_model, latin):
     def run(table: dict[float, float], share: float = 0.5, drop: float = 0.005):
         tuned = []
 
-        def prune_and_finetune(lossless, ratio, params, train, validation, alphabet, threads):
+        def prune_and_finetune(lossless, ratio, params, train, validation, alphabet, threads, new_run):
             tuned.append(ratio)
             return lossless, {"finetune_val_accuracy_start": 0.0, "finetune_val_accuracy": table[ratio],
                               "finetune_kept_step": 1}

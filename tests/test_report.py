@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import pytest
 
+from lprnet.csv_io import read_csv
+from lprnet.errors import InputError
 from lprnet.pipeline import report
-from lprnet.pipeline.artifacts import flat_benchmark
+from lprnet.pipeline.artifacts import REFERENCE_LABEL, flat_benchmark
 from lprnet.pipeline.gate import GateParams
 from lprnet.pipeline.revision import comparable
 from tests.conftest import params_from_repo
@@ -140,13 +142,29 @@ def test_the_stage_names_a_missing_benchmark_file_and_writes_nothing(tmp_path):
     assert not (tmp_path / "reports").exists()
 
 
-def test_the_plots_star_the_delivered_model_even_without_a_row_of_its_own(tmp_path):
-    """ONNX Runtime fp32 on the baseline has no stage metrics, so no row: the scatter adds it as a point (on the
-    Pareto front here) and the size bars leave it out."""
+def test_the_plot_data_adds_the_delivered_model_even_without_a_row_of_its_own(tmp_path):
+    """ONNX Runtime fp32 on the baseline has no stage metrics, so no row: the scatter's data adds it as a point (on
+    the Pareto front here, which it moves) and the size bars leave it out."""
     metrics, benchmark = fake_results(tuned_ms=1.2, pruned_int8_accuracy=0.976)
     table = report.rows(metrics, benchmark)
     for row in table:
         row["size_bytes"] = 400_000
     chosen = delivered("ort_fp32_baseline", benchmark, 0.98)
-    report.plot(table, tmp_path / "pareto.png", tmp_path / "sizes.png", chosen)
+    report.write_plot_data(table, chosen, tmp_path / "pareto.csv", tmp_path / "sizes.csv")
+    points = {row["artifact"]: row for row in read_csv(tmp_path / "pareto.csv", report.PARETO_COLUMNS)}
+    assert [name for name, row in points.items() if row["delivered"] == "1"] == [REFERENCE_LABEL]
+    assert {name for name, row in points.items() if row["pareto"] == "1"} == {REFERENCE_LABEL, "ONNX Runtime int8"}
+    assert len(read_csv(tmp_path / "sizes.csv", report.SIZE_COLUMNS)) == len(table) == len(points) - 1
+
+
+def test_the_pngs_are_drawn_from_the_plot_data_files_alone(tmp_path):
+    """`plot` takes the files `dvc plots show` draws, nothing else, so the report's PNGs cannot disagree with them;
+    a file in another format is refused by name."""
+    (tmp_path / "pareto.csv").write_text("artifact,latency_ms_p50,accuracy,pareto,delivered\n"
+                                         "a,0.5,0.9,1,0\nb,2.0,0.95,1,1\nc,3.0,0.9,0,0\n")
+    (tmp_path / "sizes.csv").write_text("artifact,size_mb\na,0.4\nb,1.3\n")
+    report.plot(tmp_path / "pareto.csv", tmp_path / "sizes.csv", tmp_path / "pareto.png", tmp_path / "sizes.png")
     assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "sizes.png").stat().st_size
+    (tmp_path / "pareto.csv").write_text("artifact,latency_ms_p50,accuracy,pareto\na,0.5,0.9,1\n")
+    with pytest.raises(InputError, match="pareto.csv: columns"):
+        report.plot(tmp_path / "pareto.csv", tmp_path / "sizes.csv", tmp_path / "a.png", tmp_path / "b.png")

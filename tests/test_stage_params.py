@@ -110,9 +110,10 @@ def test_folder_keys_are_checked_only_for_the_folder_source_and_sizes_only_for_s
 
 STAGE_OUTPUTS = {
     "data": {"out": "prepared", "metrics": "data.json"},
-    "baseline": {"model": "baseline.pt", "metrics": "baseline.json", "curve": "curve.csv"},
-    "prune": {"model": "pruned.pt", "metrics": "prune.json", "search": "prune_search.csv"},
-    "quantize": {"model": "quantized.pt", "metrics": "quantize.json", "fallback": "quantize_fallback.csv"},
+    "baseline": {"model": "baseline.pt", "metrics": "baseline.json", "live": "training/baseline"},
+    "prune": {"model": "pruned.pt", "metrics": "prune.json", "search": "prune_search.csv", "live": "training/prune"},
+    "quantize": {"model": "quantized.pt", "metrics": "quantize.json", "fallback": "quantize_fallback.csv",
+                 "live": "training/quantize"},
 }
 
 

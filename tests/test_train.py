@@ -43,8 +43,10 @@ def test_a_fine_tuning_that_no_validation_prefers_returns_the_starting_weights(r
                                                                                 images_and_labels):
     start = copy.deepcopy(random_model)
     kept = copy.deepcopy(random_model)
-    history = train_ctc(kept, latin, images_and_labels, images_and_labels, wrecking_config(keep_start=True))
-    assert [row["step"] for row in history] == [0, 2, 4]
+    logged = []  # what a stage's DVCLive curves receive: each validation as it is made
+    history = train_ctc(kept, latin, images_and_labels, images_and_labels, wrecking_config(keep_start=True),
+                        on_validation=logged.append)
+    assert [row["step"] for row in history] == [0, 2, 4] and logged == history
     assert history[0]["val_accuracy"] == evaluate(TorchPredictor(start, latin), *images_and_labels)["accuracy"]
     assert max(row["val_accuracy"] for row in history[1:]) <= history[0]["val_accuracy"]  # ruined, as intended
     assert states_equal(kept, start)
@@ -94,8 +96,10 @@ def test_distillation_moves_the_student_towards_the_teacher_without_reading_labe
                          threads=2, keep_start=False)
     images, labels = images_and_labels
     distilled = copy.deepcopy(student)
-    history = distill(distilled, teacher, latin, images_and_labels, images_and_labels, config)
-    assert [row["step"] for row in history] == [6, 12]
+    logged = []
+    history = distill(distilled, teacher, latin, images_and_labels, images_and_labels, config,
+                      on_validation=logged.append)
+    assert [row["step"] for row in history] == [6, 12] and logged == history
     assert gap(distilled) < 0.8 * before
     assert all(torch.equal(distilled.state_dict()[k], v) for k, v in statistics.items())  # frozen batch norm
     # Other labels, same training: the labels only reach validation.

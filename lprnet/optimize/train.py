@@ -6,13 +6,15 @@ AdamW with a one-cycle learning-rate schedule, periodic validation on a held-out
 early stop when validation accuracy has not improved for `patience` checks, and the best weights restored at the
 end (with `keep_start`, the starting weights compete too). Batches are in channels-last memory format, which
 PyTorch's CPU convolutions run faster. `TrainConfig` is built by the stages from their params sections (it has no
-defaults: every stage states every setting); `finetune_config` holds what every fine-tuning shares. Does not load
-or save files, and does not read params.yaml.
+defaults: every stage states every setting); `finetune_config` holds what every fine-tuning shares. Each validation's
+history row also goes, as it is made, to an optional `on_validation` callback (the stages log it with DVCLive, see
+lprnet/pipeline/training_log.py). Does not load or save files, does not read params.yaml and does not import DVCLive.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +53,10 @@ def epoch_steps(epochs: float, num_images: int, batch_size: int) -> int:
     """Optimizer steps for `epochs` passes over `num_images` in batches of `batch_size` (a last partial batch counts
     as a step), at least one."""
     return max(1, round(epochs * math.ceil(num_images / batch_size)))
+
+
+# Called with each history row as it is made, e.g. to log a curve that can be watched while training runs.
+OnValidation = Callable[[dict], None]
 
 
 # Fine-tuning (pruning, QAT) validates five times, never stops early and keeps the start when nothing beats it.
@@ -118,9 +124,10 @@ def augment(images: torch.Tensor) -> torch.Tensor:
 
 def train_ctc(model: LPRNet, alphabet: Alphabet, train: tuple[np.ndarray, np.ndarray],
               validation: tuple[np.ndarray, np.ndarray], config: TrainConfig, teacher: torch.nn.Module | None = None,
-              distill_alpha: float = 0.0, temperature: float = 2.0) -> list[dict]:
+              distill_alpha: float = 0.0, temperature: float = 2.0, on_validation: OnValidation | None = None
+              ) -> list[dict]:
     """Train `model` in place on the labels (CTC loss, batch norm in train mode); return the history, one row per
-    validation.
+    validation (each also passed to `on_validation` as it is made).
 
     With a `teacher` and `distill_alpha` > 0, the loss adds `distill_alpha` times the distillation loss towards the
     teacher's per-frame outputs on the same images: a pruned model that starts at 0 % gets a target for every frame
@@ -141,14 +148,16 @@ def train_ctc(model: LPRNet, alphabet: Alphabet, train: tuple[np.ndarray, np.nda
             loss = loss + distill_alpha * distillation_loss(logits, target, temperature)
         return loss
 
-    return _fit(model, alphabet, train, validation, config, batch_loss, "train+distill" if distills else "train")
+    return _fit(model, alphabet, train, validation, config, batch_loss, "train+distill" if distills else "train",
+                on_validation)
 
 
 def distill(model: LPRNet, teacher: torch.nn.Module, alphabet: Alphabet, train: tuple[np.ndarray, np.ndarray],
-            validation: tuple[np.ndarray, np.ndarray], config: TrainConfig, temperature: float = 2.0) -> list[dict]:
+            validation: tuple[np.ndarray, np.ndarray], config: TrainConfig, temperature: float = 2.0,
+            on_validation: OnValidation | None = None) -> list[dict]:
     """Train `model` in place to reproduce `teacher`'s per-frame outputs on augmented training images (the labels
     are not read: the teacher's distributions carry more than a plate text, and they make every augmented image
-    a target); return the history, one row per validation (on the labels).
+    a target); return the history, one row per validation (on the labels; each also passed to `on_validation`).
 
     Batch norm stays frozen (eval mode): the published weights' running statistics are far from their batch
     statistics on these plates, so in train mode the student would be fitted as another function than the one it
@@ -162,11 +171,17 @@ def distill(model: LPRNet, teacher: torch.nn.Module, alphabet: Alphabet, train: 
         model.eval()
         return distillation_loss(model(x), target, temperature)
 
-    return _fit(model, alphabet, train, validation, config, batch_loss, "distill")
+    return _fit(model, alphabet, train, validation, config, batch_loss, "distill", on_validation)
 
 
 def _fit(model: LPRNet, alphabet: Alphabet, train: tuple[np.ndarray, np.ndarray],
-         validation: tuple[np.ndarray, np.ndarray], config: TrainConfig, batch_loss, description: str) -> list[dict]:
+         validation: tuple[np.ndarray, np.ndarray], config: TrainConfig, batch_loss, description: str,
+         on_validation: OnValidation | None) -> list[dict]:
+    def record(row: dict) -> None:
+        history.append(row)
+        if on_validation is not None:
+            on_validation(row)
+
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     generator = np.random.default_rng(config.seed)
@@ -183,8 +198,8 @@ def _fit(model: LPRNet, alphabet: Alphabet, train: tuple[np.ndarray, np.ndarray]
         # plates (the stem's are still mean 0, variance 1), so in train mode they compute another function, and a
         # short fine-tuning can end far below the accuracy it started from.
         start = evaluate(TorchPredictor(model, alphabet), *validation, batch_size=128)
-        history.append({"step": 0, "epoch": 0.0, "train_loss": float("nan"), "val_accuracy": start["accuracy"],
-                        "val_char_accuracy": start["char_accuracy"], "lr": schedule.get_last_lr()[0]})
+        record({"step": 0, "epoch": 0.0, "train_loss": float("nan"), "val_accuracy": start["accuracy"],
+                "val_char_accuracy": start["char_accuracy"], "lr": schedule.get_last_lr()[0]})
         best_accuracy = start["accuracy"]
         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     running_loss, order = [], np.array([], dtype=int)
@@ -205,7 +220,7 @@ def _fit(model: LPRNet, alphabet: Alphabet, train: tuple[np.ndarray, np.ndarray]
             row = {"step": step, "epoch": step / steps_per_epoch, "train_loss": float(np.mean(running_loss)),
                    "val_accuracy": result["accuracy"], "val_char_accuracy": result["char_accuracy"],
                    "lr": schedule.get_last_lr()[0]}
-            history.append(row)
+            record(row)
             running_loss = []
             progress.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_accuracy']:.3f}")
             if result["accuracy"] > best_accuracy:

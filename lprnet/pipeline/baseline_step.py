@@ -2,14 +2,12 @@
 
 Trains LPRNet from scratch with CTC (lprnet.optimize.train), validating on the calib split, or loads a state dict
 (lprnet.model.checkpoint: weights only, strict keys); writes the model and scores it on the test split, which
-training never reads. The learning curve is returned for the stage to write (`curve_csv`). Does not train, load or
-evaluate by itself.
+training never reads. Each validation goes to the stage's `on_validation` callback (its DVCLive curves) as it is made.
+Does not train, load or evaluate by itself.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from dataclasses import dataclass
 
@@ -19,12 +17,10 @@ from lprnet.errors import InputError
 from lprnet.model.checkpoint import load_model, save_model
 from lprnet.model.data import load_prepared, prepared_alphabet
 from lprnet.model.network import LPRNet, LPRNetConfig
-from lprnet.optimize.train import TrainConfig, epoch_steps, train_ctc
+from lprnet.optimize.train import OnValidation, TrainConfig, epoch_steps, train_ctc
 from lprnet.runtime.bench import BenchConfig
 from lprnet.runtime.metrics import artifact_metrics
 from lprnet.runtime.torch_runtime import TorchPredictor
-
-CURVE_FIELDS = ["step", "epoch", "train_loss", "val_accuracy", "val_char_accuracy", "lr"]
 
 
 @dataclass(frozen=True)
@@ -59,9 +55,9 @@ class BaselineParams:
 
 
 def baseline_stage(data: str | os.PathLike, model_path: str | os.PathLike, params: BaselineParams,
-                   bench: BenchConfig) -> tuple[dict, list[dict]]:
+                   bench: BenchConfig, on_validation: OnValidation | None = None) -> tuple[dict, list[dict]]:
     """Train or load the model for the prepared folder `data`, write it to `model_path`; returns the metrics and the
-    training history (one row per validation; empty when loaded)."""
+    training history (one row per validation, each also passed to `on_validation`; empty when loaded)."""
     alphabet = prepared_alphabet(data)
     history = []
     if params.weights:
@@ -74,18 +70,10 @@ def baseline_stage(data: str | os.PathLike, model_path: str | os.PathLike, param
                              batch_size=params.batch_size, lr=params.lr, weight_decay=params.weight_decay,
                              eval_every=params.eval_every, patience=params.patience, seed=params.seed,
                              threads=bench.threads, keep_start=False)
-        history = train_ctc(model, alphabet, train, load_prepared(data, "calib"), config)
+        history = train_ctc(model, alphabet, train, load_prepared(data, "calib"), config, on_validation=on_validation)
     save_model(model_path, model, alphabet)
     metrics = artifact_metrics(TorchPredictor(model, alphabet, bench.threads), model_path,
                                *load_prepared(data, "test"), bench)
     metrics["train_steps"] = history[-1]["step"] if history else 0
     return metrics, history
 
-
-def curve_csv(history: list[dict]) -> str:
-    """The learning curve as CSV (a DVC plot): one row per validation, floats to 6 decimals."""
-    curve = io.StringIO()
-    writer = csv.DictWriter(curve, fieldnames=CURVE_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()} for row in history)
-    return curve.getvalue()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numbers
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from lprnet.model.checkpoint import load_model, save_model
 from lprnet.model.data import load_prepared
 from lprnet.model.network import LPRNet
 from lprnet.optimize.prune import ACTIVATION, CRITERIA, SCOPES, prune_channels, remove_dead_channels
-from lprnet.optimize.train import distill, finetune_config, train_ctc
+from lprnet.optimize.train import OnValidation, distill, finetune_config, train_ctc
 from lprnet.pipeline.budget import VALIDATION_SPLIT, BudgetParams
 from lprnet.runtime.bench import BenchConfig
 from lprnet.runtime.evaluate import evaluate
@@ -37,6 +38,13 @@ from lprnet.runtime.torch_runtime import TorchPredictor
 AUTO = "auto"
 # reports/prune_search.csv, one line per ratio `ratio: auto` tried, in the order tried.
 SEARCH_COLUMNS = ("ratio", "macs", "val_accuracy_start", "val_accuracy", "val_accuracy_floor", "verdict")
+# Gives the `on_validation` callback of the next fine-tuning (lprnet/pipeline/training_log.py's TrainingLog.run).
+NewRun = Callable[[], OnValidation | None]
+
+
+def no_curves() -> None:
+    """The `new_run` of a caller that logs no curves."""
+    return None
 
 
 @dataclass(frozen=True)
@@ -101,7 +109,7 @@ def _is_share(value, allow_zero: bool = False) -> bool:
 
 
 def prune_and_finetune(lossless: LPRNet, ratio: float, params: PruneParams, train, validation, alphabet,
-                       threads: int) -> tuple[LPRNet, dict]:
+                       threads: int, new_run: NewRun = no_curves) -> tuple[LPRNet, dict]:
     """`lossless` pruned at `ratio` and fine-tuned as `params` say; returns it and its fine-tuning metrics (empty
     without fine-tuning): validation accuracy before and of the weights kept, and the step they are from (0:
     fine-tuning did not beat the start)."""
@@ -112,17 +120,19 @@ def prune_and_finetune(lossless: LPRNet, ratio: float, params: PruneParams, trai
         return pruned, {}
     config = finetune_config(params.finetune_steps, params.batch_size, params.finetune_lr, params.seed, threads)
     if params.distill:
-        history = distill(pruned, lossless, alphabet, train, validation, config, params.distill_temperature)
+        history = distill(pruned, lossless, alphabet, train, validation, config, params.distill_temperature,
+                          on_validation=new_run())
     else:
         history = train_ctc(pruned, alphabet, train, validation, config, teacher=lossless,
-                            distill_alpha=params.distill_alpha, temperature=params.distill_temperature)
+                            distill_alpha=params.distill_alpha, temperature=params.distill_temperature,
+                            on_validation=new_run())
     best = max(history, key=lambda row: row["val_accuracy"])  # the first of equals: what fine-tuning keeps
     return pruned, {"finetune_val_accuracy_start": history[0]["val_accuracy"],
                     "finetune_val_accuracy": best["val_accuracy"], "finetune_kept_step": best["step"]}
 
 
 def search_ratio(lossless: LPRNet, params: PruneParams, budget: BudgetParams, train, validation, alphabet,
-                 threads: int) -> tuple[float, LPRNet, dict, list[dict]]:
+                 threads: int, new_run: NewRun = no_curves) -> tuple[float, LPRNet, dict, list[dict]]:
     """`ratio: auto`: the largest of `params.auto_ratios` whose fine-tuned model keeps `budget.prune_share` of the
     accuracy budget against `lossless` (the baseline's function) on `validation`, found by bisection; returns that
     ratio (0 when none keeps it), its model, its fine-tuning metrics, and one row per ratio tried (SEARCH_COLUMNS)."""
@@ -134,7 +144,7 @@ def search_ratio(lossless: LPRNet, params: PruneParams, budget: BudgetParams, tr
     while high - low > 1:
         middle = (low + high) // 2
         ratio = params.auto_ratios[middle]
-        model, finetuning = prune_and_finetune(lossless, ratio, params, train, validation, alphabet, threads)
+        model, finetuning = prune_and_finetune(lossless, ratio, params, train, validation, alphabet, threads, new_run)
         accuracy = finetuning["finetune_val_accuracy"]
         kept = budget.keeps_prune_share(accuracy, baseline_accuracy)
         tried.append({"ratio": ratio, "macs": count_macs(model),
@@ -149,9 +159,11 @@ def search_ratio(lossless: LPRNet, params: PruneParams, budget: BudgetParams, tr
 
 
 def prune_stage(baseline: str | os.PathLike, data: str | os.PathLike, model_path: str | os.PathLike,
-                params: PruneParams, bench: BenchConfig, budget: BudgetParams) -> tuple[dict, list[dict]]:
+                params: PruneParams, bench: BenchConfig, budget: BudgetParams, new_run: NewRun = no_curves
+                ) -> tuple[dict, list[dict]]:
     """Prune the model in `baseline` (fine-tuning on the prepared folder `data`), write it to `model_path`; returns
-    the metrics and, for `ratio: auto`, the ratios tried (SEARCH_COLUMNS; empty otherwise)."""
+    the metrics and, for `ratio: auto`, the ratios tried (SEARCH_COLUMNS; empty otherwise). Each fine-tuning logs
+    its validations to a callback from `new_run`."""
     model, alphabet = load_model(baseline)
     before = {"params": count_params(model), "macs": count_macs(model)}
 
@@ -163,12 +175,12 @@ def prune_stage(baseline: str | os.PathLike, data: str | os.PathLike, model_path
     tried = []
     if params.ratio == AUTO:
         ratio, pruned, finetuning, tried = search_ratio(lossless, params, budget, train, validation, alphabet,
-                                                        bench.threads)
+                                                        bench.threads, new_run)
         search = {"ratio": ratio, "auto_ratios_tried": len(tried), "auto_val_accuracy_floor":
                   tried[0]["val_accuracy_floor"]}
     else:
         pruned, finetuning = prune_and_finetune(lossless, params.ratio, params, train, validation, alphabet,
-                                                bench.threads)
+                                                bench.threads, new_run)
         search = {"ratio": params.ratio}
     save_model(model_path, pruned, alphabet)
 

@@ -11,10 +11,11 @@ plates moves by whole plates. The metrics and reports/quantize_fallback.csv list
 its share of the convolution MACs, and the validation accuracy it bought.
 
 With `qat_steps` > 0, the quantization-aware model (lprnet.optimize.qat) starts from the post-training ranges and
-float layers, fine-tunes on the train split (validating on calib) and becomes the artifact. A model that misses its
-floor is still written, with `budget_met: false`: the select stage passes over it. The test split is only scored,
-beside the fp32 model in the same process (accuracy, size and batch-1 latency ratios). Does not calibrate (see
-calibrate_step.py) and does not quantize or train by itself.
+float layers, fine-tunes on the train split (validating on calib; each validation goes to `on_validation`, the
+stage's DVCLive curves) and becomes the artifact. A model that misses its floor is still written, with
+`budget_met: false`: the select stage passes over it. The test split is only scored, beside the fp32 model in the
+same process (accuracy, size and batch-1 latency ratios). Does not calibrate (see calibrate_step.py) and does not
+quantize or train by itself.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from lprnet.model.network import LPRNet
 from lprnet.optimize.calibrate import float_modules_of, int8_layers, load_calibration
 from lprnet.optimize.qat import convert_qat, prepare_qat
 from lprnet.optimize.quantize import load_quantized, quantize, save_quantized
-from lprnet.optimize.train import finetune_config, train_ctc
+from lprnet.optimize.train import OnValidation, finetune_config, train_ctc
 from lprnet.pipeline.budget import VALIDATION_SPLIT, BudgetParams, keeps_floor
 from lprnet.runtime.bench import BenchConfig, measure_speed
 from lprnet.runtime.evaluate import evaluate, predict_logits, score, texts_from_logits
@@ -126,7 +127,8 @@ def fallback_to_floor(scorer: ValidationScorer, floor: float, enabled: bool, rep
 
 def quantize_stage(pruned: str | os.PathLike, calibration: str | os.PathLike, data: str | os.PathLike,
                    baseline: str | os.PathLike, model_path: str | os.PathLike, params: QuantizeParams,
-                   bench: BenchConfig, budget: BudgetParams, report=lambda items, _: items) -> tuple[dict, list]:
+                   bench: BenchConfig, budget: BudgetParams, report=lambda items, _: items,
+                   on_validation: OnValidation | None = None) -> tuple[dict, list]:
     """Quantize the model in `pruned` with the calibrate stage's folder `calibration` to the budget against the
     model in `baseline`, write it to `model_path`; returns the metrics and the fallback steps (FALLBACK_COLUMNS).
     `report(items, description)` wraps the slow loops (a progress bar in the stage script)."""
@@ -146,7 +148,7 @@ def quantize_stage(pruned: str | os.PathLike, calibration: str | os.PathLike, da
                                         bench.eval_batch)["accuracy"], "ptq_val_accuracy": val_accuracy}
         prepared = prepare_qat(model, statistics, float_layers)
         config = finetune_config(params.qat_steps, params.qat_batch_size, params.qat_lr, params.seed, bench.threads)
-        train_ctc(prepared, alphabet, load_prepared(data, "train"), validation, config)
+        train_ctc(prepared, alphabet, load_prepared(data, "train"), validation, config, on_validation=on_validation)
         int8_model = convert_qat(prepared, float_modules_of(model, float_layers))
         val_accuracy = scorer.accuracy(scorer.logits(int8_model))
     save_quantized(model_path, model.config, alphabet, int8_model, statistics, float_layers)

@@ -1,5 +1,9 @@
 """The regenerated report: reports/report.md, its plots and the DVC plot data, from the metrics files.
 
+The plots' data is written first, as reports/pareto.csv and reports/sizes.csv (`write_plot_data`), and the report's
+PNGs are drawn from those files read back (`plot`), the files `dvc plots show` draws too (dvc.yaml's top-level
+`plots`): the two cannot disagree.
+
 Tables from metrics dicts (stage metrics files by stem, with benchmark.json's flat content under "benchmark"), the
 comparison with the notebook study, the speed targets, and the changes since a git revision (by default HEAD, the
 previous commit while the new results are not yet committed): metrics there are read by revision.py, as the
@@ -14,7 +18,7 @@ import math
 import os
 from pathlib import Path
 
-from lprnet.csv_io import write_csv_atomic
+from lprnet.csv_io import read_csv, write_csv_atomic
 from lprnet.errors import InputError, MissingFileError
 from lprnet.io import atomic_path, write_text_atomic
 from lprnet.pipeline.artifacts import (
@@ -265,6 +269,35 @@ Batch 1, from this benchmark; the delivered model's test accuracy from the selec
 """
 
 
+# reports/pareto.csv: every artifact with stage metrics, and the delivered model when it has none (ONNX Runtime on the
+# baseline); `pareto` and `delivered` are 1 or 0. reports/sizes.csv: every artifact with stage metrics.
+PARETO_COLUMNS = ("artifact", "latency_ms_p50", "accuracy", "pareto", "delivered")
+SIZE_COLUMNS = ("artifact", "size_mb")
+PLOT_DIGITS = 4  # decimals of the plot data: readable files, small diffs
+LABEL_STEP_POINTS = 10  # the PNG scatter's labels of equally accurate points, stacked this far apart
+
+
+def pareto_rows(table: list[dict], delivered: dict | None) -> list[dict]:
+    """The rows of reports/pareto.csv (PARETO_COLUMNS) from `rows`' table and metrics/select.json (`delivered`)."""
+    label = artifact_label(delivered["artifact"]) if delivered else None
+    points = [{"artifact": row["artifact"], "latency_ms_p50": row["latency_ms_p50"], "accuracy": row["accuracy"]}
+              for row in table]
+    if delivered and all(point["artifact"] != label for point in points):
+        points.append({"artifact": label, "latency_ms_p50": delivered["latency_ms_p50"],
+                       "accuracy": delivered["accuracy"]})
+    front = pareto_front({point["artifact"]: (point["latency_ms_p50"], point["accuracy"]) for point in points})
+    return [{**point, "pareto": int(point["artifact"] in front), "delivered": int(point["artifact"] == label)}
+            for point in points]
+
+
+def write_plot_data(table: list[dict], delivered: dict | None, pareto_csv: str | os.PathLike,
+                    sizes_csv: str | os.PathLike) -> None:
+    """reports/pareto.csv and reports/sizes.csv: what the report's PNGs and `dvc plots show` both draw."""
+    write_csv_atomic(pareto_csv, PARETO_COLUMNS, pareto_rows(table, delivered), digits=PLOT_DIGITS)
+    write_csv_atomic(sizes_csv, SIZE_COLUMNS, [[row["artifact"], row["size_bytes"] / 1e6] for row in table],
+                     digits=PLOT_DIGITS)
+
+
 def write_report(metrics_dir: str | os.PathLike, out: str | os.PathLike, pareto_csv: str | os.PathLike,
                  sizes_csv: str | os.PathLike, noise: GateParams, against: str = "HEAD") -> None:
     """The `report` stage: `out`/report.md, `out`/pareto.png and `out`/sizes.png, and the plots' data as
@@ -280,55 +313,61 @@ def write_report(metrics_dir: str | os.PathLike, out: str | os.PathLike, pareto_
         changes_section = (changes(comparable(files), previous, noise)
                            if previous.rows or previous.not_flat else "No committed metrics to compare with.")
     out = Path(out)
+    write_plot_data(table, files.get(SELECT), pareto_csv, sizes_csv)
     with atomic_path(out / "pareto.png") as pareto_png, atomic_path(out / "sizes.png") as sizes_png:
-        plot(table, pareto_png, sizes_png, files.get(SELECT))
-    front = pareto_front({row["artifact"]: (row["latency_ms_p50"], row["accuracy"]) for row in table})
-    write_csv_atomic(pareto_csv, ["artifact", "latency_ms_p50", "accuracy", "pareto"],
-                     [[row["artifact"], row["latency_ms_p50"], row["accuracy"], int(row["artifact"] in front)]
-                      for row in table], digits=4)
-    write_csv_atomic(sizes_csv, ["artifact", "size_mb"], [[row["artifact"], row["size_bytes"] / 1e6] for row in table],
-                     digits=4)
+        plot(pareto_csv, sizes_csv, pareto_png, sizes_png)
     write_text_atomic(out / "report.md", document(files, changes_section))
 
 
-def plot(table: list[dict], path_pareto, path_sizes, delivered: dict | None = None) -> None:
-    """The accuracy-latency scatter (Pareto front in red, the delivered model starred) and the sizes' bars."""
+def plot(pareto_csv: str | os.PathLike, sizes_csv: str | os.PathLike, path_pareto, path_sizes) -> None:
+    """The report's PNGs from the plot data files (`write_plot_data`): the accuracy-latency scatter (Pareto front in
+    red, the delivered model starred) and the sizes' bars, titled and labelled as dvc.yaml's plots of the same
+    files."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    label = artifact_label(delivered["artifact"]) if delivered else None
-    points = list(table)
-    if delivered and all(row["artifact"] != label for row in table):  # ONNX Runtime on the baseline has no row
-        points.append({"artifact": label, "latency_ms_p50": delivered["latency_ms_p50"],
-                       "accuracy": delivered["accuracy"]})
-    front = pareto_front({row["artifact"]: (row["latency_ms_p50"], row["accuracy"]) for row in points})
+    points = [{"artifact": row["artifact"], "latency_ms_p50": float(row["latency_ms_p50"]),
+               "accuracy": float(row["accuracy"]), "pareto": row["pareto"] == "1", "delivered": row["delivered"] == "1"}
+              for row in read_csv(pareto_csv, PARETO_COLUMNS)]
     figure, axes = plt.subplots(figsize=(8, 5))
-    for row in points:
-        on_front = row["artifact"] in front
-        axes.scatter(row["latency_ms_p50"], 100 * row["accuracy"], color="tab:red" if on_front else "tab:blue",
-                     zorder=3)
-        axes.annotate(row["artifact"], (row["latency_ms_p50"], 100 * row["accuracy"]), fontsize=7,
-                      xytext=(4, 2), textcoords="offset points")
-    front_rows = sorted((r for r in points if r["artifact"] in front), key=lambda r: r["latency_ms_p50"])
-    axes.plot([r["latency_ms_p50"] for r in front_rows], [100 * r["accuracy"] for r in front_rows],
-              color="tab:red", label="Pareto front")
-    if delivered:
-        axes.scatter(delivered["latency_ms_p50"], 100 * delivered["accuracy"], marker="*", s=260, color="tab:green",
-                     zorder=4, label=f"delivered: {label}")
+    # Labels of points with the same accuracy (every fp32 artifact of one model scores the same) are stacked upwards
+    # in latency order, each joined to its point, as in dvc.yaml's plot of the same file.
+    same_accuracy_before: dict[float, int] = {}
+    for point in sorted(points, key=lambda point: point["latency_ms_p50"]):
+        axes.scatter(point["latency_ms_p50"], 100 * point["accuracy"],
+                     color="tab:red" if point["pareto"] else "tab:blue", zorder=3)
+        level = same_accuracy_before.get(point["accuracy"], 0)
+        same_accuracy_before[point["accuracy"]] = level + 1
+        axes.annotate(point["artifact"], (point["latency_ms_p50"], 100 * point["accuracy"]), fontsize=7,
+                      xytext=(4, 2 + LABEL_STEP_POINTS * level), textcoords="offset points",
+                      arrowprops={"arrowstyle": "-", "linewidth": 0.4, "alpha": 0.5} if level else None)
+    front = sorted((point for point in points if point["pareto"]), key=lambda point: point["latency_ms_p50"])
+    # A staircase, as in dvc.yaml's plot: the best accuracy to be had within each latency.
+    axes.plot([point["latency_ms_p50"] for point in front], [100 * point["accuracy"] for point in front],
+              color="tab:red", drawstyle="steps-post", label="Pareto front")
+    for point in points:
+        if point["delivered"]:
+            axes.scatter(point["latency_ms_p50"], 100 * point["accuracy"], marker="*", s=260, color="tab:green",
+                         zorder=4, label=f"delivered: {point['artifact']}")
     axes.set_xscale("log")
-    axes.set_xlabel("batch-1 latency p50, ms (log)")
-    axes.set_ylabel("plate accuracy, %")
+    axes.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axes.set_title("Test plate accuracy vs batch-1 latency")
+    axes.set_xlabel("batch-1 latency p50 (ms, log scale)")
+    axes.set_ylabel("plate accuracy, test split (%)")
     axes.legend()
     axes.grid(True, alpha=0.3)
     figure.tight_layout()
     figure.savefig(path_pareto, dpi=120, format="png")
     plt.close(figure)
 
+    sizes = read_csv(sizes_csv, SIZE_COLUMNS)
     figure, axes = plt.subplots(figsize=(8, 4))
-    axes.barh([r["artifact"] for r in table], [r["size_bytes"] / 1e6 for r in table])
-    axes.set_xlabel("artifact size, MB")
+    axes.barh([row["artifact"] for row in sizes], [float(row["size_mb"]) for row in sizes])
+    axes.set_title("Artifact size on disk")
+    axes.set_xlabel("size (MB)")
     axes.invert_yaxis()
     figure.tight_layout()
     figure.savefig(path_sizes, dpi=120, format="png")

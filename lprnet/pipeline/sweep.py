@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from lprnet.csv_io import write_csv_atomic
 from lprnet.errors import InputError
-from lprnet.io import atomic_path, write_text_atomic
+from lprnet.io import atomic_path
 
 # Column of the sweep table -> (metrics file, key).
 FIGURES = {
@@ -82,6 +83,6 @@ def write_sweep(param: str, out: str | os.PathLike, repo: str | None = None, num
         raise InputError(f"{repo or Path.cwd()}: cannot list DVC experiments ({error})") from None
     table = sweep_table(rows, param)
     out = Path(out)
-    write_text_atomic(out.with_suffix(".csv"), table.to_csv(index=False))
+    write_csv_atomic(out.with_suffix(".csv"), list(table.columns), table.itertuples(index=False, name=None))
     plot_sweep(table, param, out.with_suffix(".png"))
     return table

@@ -26,8 +26,9 @@ from lprnet.compile.tvm.build import build
 from lprnet.compile.tvm.database import RECORD_FILE, WORKLOAD_FILE, module_records
 from lprnet.compile.tvm.frontend import load_ir, module_alphabet_name, module_input_shape
 from lprnet.compile.tvm.tune import DEFAULT_POPULATION, apply_database, tune, tuning_module, tuning_target
+from lprnet.csv_io import write_csv_atomic
 from lprnet.errors import InputError
-from lprnet.io import atomic_path, write_text_atomic
+from lprnet.io import atomic_path
 from lprnet.runtime.bench import BenchConfig, interleaved_latency
 from lprnet.runtime.predictor import load_predictor
 from lprnet.runtime.tvm_runtime import TVMPredictor
@@ -125,6 +126,6 @@ def write_budget_study(out: str | os.PathLike, **study) -> pd.DataFrame:
     """`budget_study(**study)` written as OUT.csv and OUT.png."""
     table = budget_study(**study)
     out = Path(out)
-    write_text_atomic(out.with_suffix(".csv"), table.to_csv(index=False))
+    write_csv_atomic(out.with_suffix(".csv"), list(table.columns), table.itertuples(index=False, name=None))
     plot_budget(table, out.with_suffix(".png"), study["bench"].threads)
     return table
