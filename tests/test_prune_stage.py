@@ -35,7 +35,8 @@ def run_prune_stage(tmp_path: Path, model, latin, images_and_labels, budget: dic
     return subprocess.run([sys.executable, str(REPO / "stages/prune.py"), "--params", str(tmp_path / "params.yaml"),
                            "--baseline", str(tmp_path / "baseline.pt"), "--data", str(data),
                            "--model", str(tmp_path / "pruned.pt"), "--metrics", str(tmp_path / "metrics.json"),
-                           "--search", str(tmp_path / "search.csv")], capture_output=True, text=True)
+                           "--search", str(tmp_path / "search.csv"), "--live", str(tmp_path / "training")],
+                          capture_output=True, text=True)
 
 
 def test_distilled_fine_tuning_validates_and_reports_like_label_fine_tuning(tmp_path, random_model, latin,
@@ -103,12 +104,17 @@ def test_ratio_auto_searches_against_the_budget_and_lists_each_ratio_tried(tmp_p
     assert int(rows[-1]["macs"]) == metrics["macs"]
 
 
-def test_an_explicit_ratio_writes_an_empty_search_table(tmp_path, random_model, latin, images_and_labels):
+def test_an_explicit_ratio_writes_its_one_row_checked_against_the_budget(tmp_path, random_model, latin,
+                                                                         images_and_labels):
+    """No search, but the same check on validation: a random model reads 0 % before and after, within any share."""
     result = run_prune_stage(tmp_path, random_model, latin, images_and_labels, ratio=0.5, finetune_steps=0)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "search.csv").read_text().splitlines() == [
-        "ratio,macs,val_accuracy_start,val_accuracy,val_accuracy_floor,verdict"]
-    assert json.loads((tmp_path / "metrics.json").read_text())["ratio"] == 0.5
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["ratio"] == 0.5
+    [row] = list(csv.DictReader((tmp_path / "search.csv").open()))
+    assert float(row["ratio"]) == 0.5 and int(row["macs"]) == metrics["macs"]
+    assert float(row["val_accuracy"]) == float(row["val_accuracy_start"]) == 0.0
+    assert float(row["val_accuracy_floor"]) < 0 and row["verdict"] == "explicit: within the budget's share"
 
 
 @pytest.mark.parametrize(("overrides", "budget", "message"), [

@@ -6,9 +6,6 @@ from __future__ import annotations
 import csv
 import json
 
-import pytest
-
-pytest.importorskip("dvclive")
 from lprnet.pipeline.training_log import CURVES, training_log  # noqa: E402  (DVCLive checked first)
 
 

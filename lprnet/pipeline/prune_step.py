@@ -12,7 +12,8 @@ accuracy budget (lprnet/pipeline/budget.py) against the baseline on the validati
 falls as the ratio grows, so a rejected ratio rules out every larger one and an accepted one every smaller one, and
 about log2(len(auto_ratios)) fine-tunings decide. The model kept is the accepted ratio's fine-tuned one; when no
 ratio keeps the share, the losslessly pruned model (ratio 0). Each ratio tried, with its validation accuracy and
-verdict, is returned for reports/prune_search.csv. Does not prune or train by itself.
+verdict, is returned for reports/prune_search.csv; an explicit ratio gets one row there, with the same check against
+the budget's share (a verdict only: the model is kept either way). Does not prune or train by itself.
 """
 
 from __future__ import annotations
@@ -158,11 +159,27 @@ def search_ratio(lossless: LPRNet, params: PruneParams, budget: BudgetParams, tr
     return *best, tried
 
 
+def explicit_ratio_row(lossless: LPRNet, pruned: LPRNet, ratio: float, finetuning: dict, budget: BudgetParams,
+                       data, alphabet) -> dict:
+    """The SEARCH_COLUMNS row of an explicit ratio: no search, but the same check against the budget's share on
+    validation that `ratio: auto` makes, so the prune-search plot and its floor say whether the ratio keeps it."""
+    validation = load_prepared(data, VALIDATION_SPLIT)
+    baseline_accuracy = evaluate(TorchPredictor(lossless, alphabet), *validation)["accuracy"]
+    accuracy = finetuning.get("finetune_val_accuracy")
+    if accuracy is None:  # no fine-tuning
+        accuracy = evaluate(TorchPredictor(pruned, alphabet), *validation)["accuracy"]
+    kept = budget.keeps_prune_share(accuracy, baseline_accuracy)
+    return {"ratio": ratio, "macs": count_macs(pruned),
+            "val_accuracy_start": finetuning.get("finetune_val_accuracy_start", accuracy), "val_accuracy": accuracy,
+            "val_accuracy_floor": budget.prune_floor(baseline_accuracy),
+            "verdict": "explicit: within the budget's share" if kept else "explicit: below the floor"}
+
+
 def prune_stage(baseline: str | os.PathLike, data: str | os.PathLike, model_path: str | os.PathLike,
                 params: PruneParams, bench: BenchConfig, budget: BudgetParams, new_run: NewRun = no_curves
                 ) -> tuple[dict, list[dict]]:
     """Prune the model in `baseline` (fine-tuning on the prepared folder `data`), write it to `model_path`; returns
-    the metrics and, for `ratio: auto`, the ratios tried (SEARCH_COLUMNS; empty otherwise). Each fine-tuning logs
+    the metrics and the ratios tried (SEARCH_COLUMNS; an explicit ratio's one row). Each fine-tuning logs
     its validations to a callback from `new_run`."""
     model, alphabet = load_model(baseline)
     before = {"params": count_params(model), "macs": count_macs(model)}
@@ -182,6 +199,7 @@ def prune_stage(baseline: str | os.PathLike, data: str | os.PathLike, model_path
         pruned, finetuning = prune_and_finetune(lossless, params.ratio, params, train, validation, alphabet,
                                                 bench.threads, new_run)
         search = {"ratio": params.ratio}
+        tried = [explicit_ratio_row(lossless, pruned, params.ratio, finetuning, budget, data, alphabet)]
     save_model(model_path, pruned, alphabet)
 
     metrics = artifact_metrics(TorchPredictor(pruned, alphabet, bench.threads), model_path,
