@@ -15,7 +15,7 @@ import pytest
 
 from lprnet.csv_io import write_csv_atomic
 from lprnet.pipeline.prune_step import SEARCH_COLUMNS
-from lprnet.pipeline.training_log import training_log  # noqa: E402  (DVCLive checked first)
+from lprnet.pipeline.training_log import training_log
 from tests.dvc_repo import commit, git_dvc_repo
 
 REPO = Path(__file__).resolve().parents[1]

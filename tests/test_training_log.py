@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import json
 
-from lprnet.pipeline.training_log import CURVES, training_log  # noqa: E402  (DVCLive checked first)
+from lprnet.pipeline.training_log import CURVES, training_log
 
 
 def curve(folder, key: str) -> list[tuple[int, float]]:
