@@ -18,8 +18,10 @@ part), the assembly is `volatile` with the accumulators as in/out operands (the 
 it), and the accumulators are summed and returned at the end. The loop is unrolled (UNROLL copies of the chains) so
 its counter and branch are a small share of the instructions. Rates count only the MACs of the multiply-add
 instructions; each thread times its own loop, and the rate is all threads' MACs over the wall time from the first
-start to the last end, so a thread that got less of the CPU lowers it. The best of `repeats` short runs is kept:
-other processes on a shared machine only ever slow a run down.
+start to the last end, so a thread that got less of the CPU lowers it. The best of `repeats` short runs (1 ms,
+about as long as a model's call) is kept: other processes on a shared machine only ever slow a run down, and a run
+as short as a call gets the same quiet windows a call's p50 does (long runs average the other processes in, and
+read a peak the artifacts then exceed).
 
 The ymm forms are a fallback for CPUs without AVX-512: they compile and run, but their peak was only validated on
 this project's AVX-512 machine, where the zmm forms run.
@@ -46,8 +48,11 @@ from lprnet.errors import InputError
 
 CHAINS = 12  # independent accumulators per thread; spelled out in C_SOURCE's asm operands
 UNROLL = 4  # copies of the CHAINS instructions per loop iteration
-SECONDS_PER_RUN = 0.05  # the length each timed run aims at (the iteration count is sized from a short probe)
-REPEATS = 7  # timed runs per precision; the best is kept
+# Each timed run aims at SECONDS_PER_RUN (its iteration count sized from a short probe), and the best of REPEATS
+# counts. Runs as short as a model's call find the windows in which no other process holds a core: on this shared
+# 2-core machine under load, 50 ms runs read 126 G-MAC/s fp32 at 2 threads, 1 ms runs 269 (2.0x one thread's 135).
+SECONDS_PER_RUN = 0.001
+REPEATS = 200
 PROBE_ITERATIONS = 20_000
 
 FP32, INT8 = "fp32", "int8"
