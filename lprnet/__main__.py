@@ -2,7 +2,7 @@
 
   python -m lprnet eval ARTIFACT --images DIR [--batch N] [--threads N]   metrics JSON for labelled images
   python -m lprnet predict ARTIFACT IMAGE...                              one plate per image
-  python -m lprnet gate --against REV                                     fail on accuracy/latency regressions
+  python -m lprnet gate --against REV [--remeasure]                       fail on accuracy/latency regressions
   python -m lprnet sweep PARAM [--out PREFIX] [-n N]                      plot a `dvc exp run -S PARAM=...` sweep
   python -m lprnet tune-budget --trials N --checkpoints A,B,...           tuned TVM latency against trials
 
