@@ -17,6 +17,7 @@ from lprnet.runtime import bench
 from lprnet.runtime.bench import TURN_CALLS, BenchConfig
 from tests.conftest import params_from_repo, repo_params
 from tests.dvc_repo import commit, git_dvc_repo, write_json
+from tests.tiny_onnx import tiny_onnx
 
 THRESHOLDS = params_from_repo("gate", GateParams)
 # Few rounds (the fewest a verdict takes) keep the tests to a second; warm-up as little.
@@ -70,35 +71,6 @@ def test_an_unknown_artifact_is_refused_with_the_valid_names():
 
 
 # ------------------------------------------------------------------------------------- in a git + DVC repository
-
-
-def tiny_onnx(path, slowed: bool) -> None:
-    """An ONNX model with LPRNet's input and output contract: images (N,3,24,94) -> (N,3,18), the mean over the
-    height of the first 18 columns. `slowed` adds two convolutions (about 70 M MACs) whose result, times zero, is
-    added to the output: the same logits, much more work."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    nodes = [helper.make_node("ReduceMean", ["images", "axes_h"], ["mean"], keepdims=0),
-             helper.make_node("Slice", ["mean", "start", "end", "axes_w"], ["logits" if not slowed else "plain"])]
-    inits = [numpy_helper.from_array(np.array(value, np.int64), name)
-             for name, value in (("axes_h", [2]), ("start", [0]), ("end", [18]), ("axes_w", [2]))]
-    if slowed:
-        inits += [numpy_helper.from_array(rng.standard_normal((64, 3, 3, 3)).astype(np.float32), "w1"),
-                  numpy_helper.from_array(rng.standard_normal((64, 64, 3, 3)).astype(np.float32), "w2"),
-                  numpy_helper.from_array(np.zeros((), np.float32), "zero")]
-        nodes += [helper.make_node("Conv", ["images", "w1"], ["c1"]), helper.make_node("Conv", ["c1", "w2"], ["c2"]),
-                  helper.make_node("ReduceMean", ["c2"], ["total"], keepdims=0),
-                  helper.make_node("Mul", ["total", "zero"], ["nothing"]),
-                  helper.make_node("Add", ["plain", "nothing"], ["logits"])]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
-                                                                            ["N", 3, 24, 94])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, 18])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
-    helper.set_model_props(model, {"alphabet": "latin"})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
 
 
 @pytest.fixture
