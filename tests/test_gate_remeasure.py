@@ -110,3 +110,8 @@ def test_the_committed_model_against_a_slowed_copy_fails_and_against_itself_pass
     [row] = [line for line in lines if line.startswith("| ort_fp32 |")]
     assert "| LATENCY: x" in row
     assert lines[-1] == "**re-measured: FAIL**: 1 slower: ort_fp32."
+
+    assert gate.main(["--against", "HEAD", "--remeasure", "--runs", "0"]) == 2
+    assert capsys.readouterr().err == "error: --runs must be at least 1, got 0\n"
+    assert gate.main(["--against", "no-such-rev", "--remeasure"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown revision 'no-such-rev'")

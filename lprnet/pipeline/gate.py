@@ -23,6 +23,7 @@ not judged.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -253,6 +254,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifacts", type=lambda text: [name for name in text.split(",") if name],
                         help="with --remeasure: comma-separated artifacts to time (default: every benchmarked "
                              "artifact and deploy)")
+    parser.add_argument("--runs", type=int,
+                        help="with --remeasure: samples per artifact and side, in rounds of 10 (default: "
+                             "bench.runs); more rounds narrow the noise on a busy machine")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -286,6 +290,10 @@ def run(args: argparse.Namespace) -> int:
             from lprnet.runtime.bench import BenchConfig
 
             bench = read_section(args.params, "bench", BenchConfig)
+            if getattr(args, "runs", None) is not None:
+                if args.runs < 1:
+                    raise InputError(f"--runs must be at least 1, got {args.runs}")
+                bench = dataclasses.replace(bench, runs=args.runs)
             paired, paired_notes = remeasure(args.against, args.models, bench, thresholds.latency_noise_factor,
                                              thresholds.min_latency_slowdown, args.artifacts)
     except InputError as error:
