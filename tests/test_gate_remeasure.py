@@ -54,10 +54,10 @@ def test_an_artifact_slowed_on_purpose_fails_and_an_identical_pair_passes():
 
 def test_the_verdict_needs_both_a_large_slowdown_and_one_beyond_the_paired_noise():
     rounds = remeasure.MIN_ROUNDS
-    old = [np.full(TURN_CALLS, 1.0)] * rounds
-    steady = [np.full(TURN_CALLS, 1.10)] * rounds  # +10 % in every round: no noise at all
-    small = [np.full(TURN_CALLS, 1.02)] * rounds  # +2 %, steady, but under the 5 % floor
-    noisy = [np.full(TURN_CALLS, ratio) for ratio in (0.6, 2.0, 0.7, 2.0, 0.9)]  # +9 % on average, all noise
+    old = [1.0] * rounds
+    steady = [1.10] * rounds  # +10 % in every round: no noise at all
+    small = [1.02] * rounds  # +2 %, steady, but under the 5 % floor
+    noisy = [0.6, 2.0, 0.7, 2.0, 0.9]  # +9 % on average, all noise
     assert remeasure.paired_verdict("a", old, steady, 3.0, 0.05).regressed
     assert not remeasure.paired_verdict("a", old, small, 3.0, 0.05).regressed
     assert not remeasure.paired_verdict("a", old, noisy, 3.0, 0.05).regressed

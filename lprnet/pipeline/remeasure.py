@@ -9,12 +9,14 @@ little. Here both sides run now, side by side:
 - Fetch: each artifact (a file or folder under models/, as pipeline/artifacts.py names them, and the delivered
   model's folder `deploy`) is copied as git and DVC hold it at REV, through `dvc.api.DVCFileSystem(rev=REV)`, which
   reads the local DVC cache and, for what is not there, the default remote. The workspace's side is read in place.
-- Timing: runtime/bench.py's `interleaved_rounds` with the `bench:` settings (threads, warm-up, runs), on every
-  predictor of both sides at once: round i of REV's artifact and of the workspace's falls in the same stretch of time,
-  so drift of the machine (frequency, other processes) falls on both alike.
-- Decision: per round i, r_i = median(new samples of round i) / median(old samples of round i); the slowdown
-  estimate is their geometric mean, and its noise is the standard error of mean(log r_i), estimated by a seeded
-  bootstrap over rounds (resampling whole rounds keeps each pair together and assumes no distribution). A row
+- Timing: rounds of runtime/bench.py's `interleaved_latency` (each predictor's turn: settling calls, then TURN_CALLS
+  timed calls) with the `bench:` settings (threads, warm-up before the first round, runs / TURN_CALLS rounds, rounded
+  up), on every predictor of both sides at once: round i of REV's artifact and of the workspace's falls in the same
+  stretch of time, so drift of the machine (frequency, other processes) falls on both alike. A side's p50 is the
+  median of its round medians.
+- Decision: per round i, r_i = new round median / old round median; the slowdown estimate is their geometric mean,
+  and its noise is the standard error of mean(log r_i), estimated by a seeded bootstrap over rounds (resampling
+  whole rounds keeps each pair together and assumes no distribution). A row
   regresses when the estimate exceeds 1 + `gate.min_latency_slowdown` (a slowdown that matters) and log of it exceeds
   `gate.latency_noise_factor` standard errors (a slowdown the pairs show beyond their noise): the same two
   thresholds the figure comparison uses, here applied to the paired estimate instead of two runs' spreads. Why
@@ -26,6 +28,7 @@ Does not judge accuracy (gate.py compares the metrics files for that) and does n
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import Iterable
@@ -37,7 +40,7 @@ import numpy as np
 
 from lprnet.errors import InputError
 from lprnet.pipeline.artifacts import ARTIFACTS
-from lprnet.runtime.bench import TURN_CALLS, BenchConfig, interleaved_rounds
+from lprnet.runtime.bench import TURN_CALLS, BenchConfig, interleaved_latency
 from lprnet.runtime.predictor import Predictor, load_predictor
 
 DEPLOY = "deploy"  # the delivered model's folder under models/, re-measured beside the benchmark's artifacts
@@ -69,21 +72,21 @@ class Paired:
     artifact: str
     old_p50_ms: float
     new_p50_ms: float
-    ratio: float  # geometric mean over rounds of new / old round medians
+    ratio: float  # geometric mean over rounds of new / old round medians (old_p50_ms, new_p50_ms: their medians)
     sigma: float  # bootstrap standard error of mean(log ratio)
     rounds: int
     regressed: bool
     why: str
 
 
-def paired_verdict(artifact: str, old: list[np.ndarray], new: list[np.ndarray], noise_factor: float,
+def paired_verdict(artifact: str, old_ms: list[float], new_ms: list[float], noise_factor: float,
                    min_slowdown: float) -> Paired:
-    """The verdict on one artifact from its rounds of samples on both sides (seconds; round i of both timed
-    together); see the module docstring for the rule."""
-    if len(old) != len(new) or len(old) < MIN_ROUNDS:
-        raise InputError(f"{artifact}: {len(old)} and {len(new)} rounds; a paired verdict needs at least "
-                         f"{MIN_ROUNDS} on both sides (bench.runs of at least {MIN_ROUNDS * TURN_CALLS})")
-    logs = np.log([np.median(n) / np.median(o) for o, n in zip(old, new)])
+    """The verdict on one artifact from its round medians on both sides (round i of both timed together); see the
+    module docstring for the rule."""
+    if len(old_ms) != len(new_ms) or len(old_ms) < MIN_ROUNDS:
+        raise InputError(f"{artifact}: {len(old_ms)} and {len(new_ms)} rounds; a paired verdict needs at least "
+                         f"{MIN_ROUNDS} on both sides (bench.runs or --runs of at least {MIN_ROUNDS * TURN_CALLS})")
+    logs = np.log(np.asarray(new_ms) / np.asarray(old_ms))
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     means = logs[rng.integers(0, len(logs), size=(BOOTSTRAP_RESAMPLES, len(logs)))].mean(axis=1)
     sigma = float(means.std(ddof=1))
@@ -91,21 +94,31 @@ def paired_verdict(artifact: str, old: list[np.ndarray], new: list[np.ndarray], 
     ratio = float(np.exp(estimate))
     large = ratio > 1 + min_slowdown
     beyond_noise = estimate > noise_factor * sigma
-    regressed = large and beyond_noise
     why = (f"x{ratio:.3f} paired over {len(logs)} rounds, "
            f"{'beyond' if beyond_noise else 'within'} {noise_factor:g} x its noise "
            f"(x{np.exp(estimate - noise_factor * sigma):.3f}-x{np.exp(estimate + noise_factor * sigma):.3f}), "
            f"{'above' if large else 'within'} the {min_slowdown:.0%} floor")
-    return Paired(artifact, 1e3 * float(np.median(np.concatenate(old))), 1e3 * float(np.median(np.concatenate(new))),
-                  ratio, sigma, len(logs), regressed, why)
+    return Paired(artifact, float(np.median(old_ms)), float(np.median(new_ms)), ratio, sigma, len(logs),
+                  large and beyond_noise, why)
+
+
+def round_medians(predictors: dict, bench: BenchConfig) -> dict[object, list[float]]:
+    """Each predictor's median in ms of every round of `interleaved_latency` (TURN_CALLS calls per turn), warm-up
+    before the first round only."""
+    medians: dict[object, list[float]] = {name: [] for name in predictors}
+    for index in range(-(-bench.runs // TURN_CALLS)):
+        config = dataclasses.replace(bench, runs=TURN_CALLS, warmup=bench.warmup if index == 0 else 0)
+        for name, summary in interleaved_latency(predictors, config).items():
+            medians[name].append(summary["latency_ms_p50"])
+    return medians
 
 
 def remeasure_pairs(pairs: dict[str, tuple[Predictor, Predictor]], bench: BenchConfig, noise_factor: float,
                     min_slowdown: float) -> list[Paired]:
     """Time every (old, new) predictor pair in one interleaved run and judge each pair."""
     predictors = {(name, side): predictor for name, pair in pairs.items() for side, predictor in zip("on", pair)}
-    rounds = interleaved_rounds(predictors, bench)
-    return [paired_verdict(name, rounds[name, "o"], rounds[name, "n"], noise_factor, min_slowdown)
+    medians = round_medians(predictors, bench)
+    return [paired_verdict(name, medians[name, "o"], medians[name, "n"], noise_factor, min_slowdown)
             for name in pairs]
 
 
@@ -158,7 +171,7 @@ def remeasure(rev: str, models: str | os.PathLike, bench: BenchConfig, noise_fac
 def render_paired(rows: list[Paired], rev: str, bench: BenchConfig) -> str:
     """A Markdown table of the re-measurement, and what it was."""
     lines = [f"Re-measured now, {rev!r} against the workspace, interleaved in one process: batch 1, "
-             f"{bench.threads} threads, {bench.runs} samples per side in rounds of {TURN_CALLS}, after "
+             f"{bench.threads} threads, {-(-bench.runs // TURN_CALLS)} rounds of {TURN_CALLS} calls per side, after "
              f"{bench.warmup} warm-up calls.", "",
              "| artifact | p50 ms at REV | p50 ms now | paired ratio | verdict |", "|---|---|---|---|---|"]
     for row in rows:

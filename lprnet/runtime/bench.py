@@ -83,32 +83,21 @@ def interleaved_latency(predictors: dict[str, Predictor], config: BenchConfig) -
     call timed right after another runtime's shares the cores with those threads and reads slow. Settling calls of
     the predictor's own let the previous runtime's pool go idle first.
     """
-    return {name: latency_summary(np.concatenate(rounds) * 1e3)
-            for name, rounds in interleaved_rounds(predictors, config).items()}
-
-
-def interleaved_rounds(predictors: dict[str, Predictor], config: BenchConfig) -> dict[str, list[np.ndarray]]:
-    """The samples of `interleaved_latency`, in seconds, kept by round: name -> one array per round of turns (each
-    of TURN_CALLS calls, the last round's fewer when `config.runs` is not a multiple of it). Round i of every
-    predictor was timed in the same stretch of time, which is what a paired comparison of two of them needs."""
     inputs = example_input(1)
     for predictor in predictors.values():
         for _ in range(config.warmup):
             predictor(inputs)
-    rounds: dict[str, list[np.ndarray]] = {name: [] for name in predictors}
-    for round_index in range(-(-config.runs // TURN_CALLS)):
-        calls = min(TURN_CALLS, config.runs - round_index * TURN_CALLS)
+    samples: dict[str, list[float]] = {name: [] for name in predictors}
+    for _ in range(-(-config.runs // TURN_CALLS)):
         for name, predictor in predictors.items():
             settle_start = time.perf_counter()
             while time.perf_counter() - settle_start < SETTLE_S:
                 predictor(inputs)
-            samples = []
-            for _ in range(calls):
+            for _ in range(min(TURN_CALLS, config.runs - len(samples[name]))):
                 start = time.perf_counter()
                 predictor(inputs)
-                samples.append(time.perf_counter() - start)
-            rounds[name].append(np.asarray(samples))
-    return rounds
+                samples[name].append(time.perf_counter() - start)
+    return {name: latency_summary(np.asarray(s) * 1e3) for name, s in samples.items()}
 
 
 def latency_summary(samples_ms: np.ndarray) -> dict:
