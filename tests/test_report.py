@@ -113,7 +113,10 @@ def test_the_document_shows_the_floor_and_each_artifacts_macs_rate_and_share():
     settings = {"threads": 2, "runs": 100, "floor_fp32_gmacs": 120.0, "floor_int8_gmacs": 480.0,
                 "floor_fp32_gmacs_one_thread": 64.0, "floor_int8_gmacs_one_thread": 250.0}
     text = report.document({**metrics, "benchmark": flat_benchmark(settings, benchmark)}, "none")
-    assert "**fp32 120 G-MAC/s, int8 480 G-MAC/s** (one thread: 64 and 250;" in text
+    assert "**fp32 120 G-MAC/s, int8 480 G-MAC/s** (1.88x one thread's fp32 peak)." in text
+    settings["floor_fp32_gmacs_one_thread"] = 100.0  # 1.2x on 2 threads: the second core was busy
+    busy = report.document({**metrics, "benchmark": flat_benchmark(settings, benchmark)}, "none")
+    assert "(1.20x one thread's fp32 peak, well under 2x: other processes held cores" in busy
     assert "ONNX Runtime fp32 on the unpruned baseline: 80.0 G-MAC/s, 66.7 % of the fp32 peak." in text
     assert "| 36.0 | 30.0 | 25.0 % |" in text.split("| ONNX Runtime fp32 |")[1].splitlines()[0]
     # A benchmark.json from before the floor: the section says so, the columns show "-".
