@@ -2,9 +2,10 @@
 
   python -m lprnet eval ARTIFACT --images DIR [--batch N] [--threads N]   metrics JSON for labelled images
   python -m lprnet predict ARTIFACT IMAGE...                              one plate per image
-  python -m lprnet gate --against REV                                     fail on accuracy/latency regressions
+  python -m lprnet gate --against REV [--remeasure]                       fail on accuracy/latency regressions
   python -m lprnet sweep PARAM [--out PREFIX] [-n N]                      plot a `dvc exp run -S PARAM=...` sweep
   python -m lprnet tune-budget --trials N --checkpoints A,B,...           tuned TVM latency against trials
+  python -m lprnet profile ARTIFACT [--out docs/speed.md]                 the kernels of a compiled artifact
 
 ARTIFACT is any model file the pipeline writes (models/deploy, the delivered model, included), or a state dict
 published by LPRNet_Pytorch. `predict` on an ONNX or TVM artifact imports neither torch nor the onnx package.
@@ -30,6 +31,7 @@ from lprnet.runtime.predictor import load_predictor
 # The CLI's own measuring settings: it runs on any artifact, inside the pipeline's repository or not, so it does not
 # read params.yaml (whose `bench:` section the stages use). The first three are its flags' defaults.
 THREADS, EVAL_BATCH, RUNS = 2, 64, 100
+PROFILE_ROUNDS, PROFILE_TOP = 20, 12  # `profile`: timings per kernel, and how many of the slowest it lists
 EVAL_BENCH = {"warmup": 10, "throughput_batch": 32, "throughput_runs": 10, "throughput_seconds": 3.0}
 
 
@@ -59,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", type=Path, help="output prefix (default: reports/sweep_PARAM)")
     sweep.add_argument("-n", "--num", type=int, default=1,
                        help="include experiments of the last N commits, as `dvc exp show -n` (default: 1)")
+
+    profile = commands.add_parser("profile", help="per-kernel time of a TVM or ONNX artifact (or a deploy folder "
+                                                  "of one), against this CPU's measured peaks, as Markdown")
+    profile.add_argument("artifact", type=Path, help="e.g. models/deploy")
+    profile.add_argument("--threads", type=int, default=THREADS, help="CPU threads, as the benchmark's bench.threads")
+    profile.add_argument("--rounds", type=int, default=PROFILE_ROUNDS, help="timings per kernel; the median counts")
+    profile.add_argument("--top", type=int, default=PROFILE_TOP, help="the slowest kernels listed one by one")
+    profile.add_argument("--out", type=Path, help="write the page here (e.g. docs/speed.md) instead of printing it")
 
     budget = commands.add_parser("tune-budget", help="tune the layout-passed module long, time checkpoints of it")
     budget.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
@@ -119,10 +129,33 @@ def tune_budget(args) -> int:
     return 0
 
 
+def profile(args, argv) -> int:
+    from lprnet.io import write_text_atomic
+    from lprnet.runtime.floor import measure_floor
+    from lprnet.runtime.profile import profile_artifact, render
+
+    try:
+        if args.threads < 1 or args.top < 1:
+            raise InputError(f"--threads and --top must be at least 1, got {args.threads} and {args.top}")
+        measured = profile_artifact(args.artifact, args.threads, args.rounds)
+        page = render(measured, measure_floor(args.threads), "python -m lprnet " + " ".join(argv), args.top)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.out:
+        write_text_atomic(args.out, page)
+    else:
+        print(page, end="")
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     if args.command == "gate":
         return gate.run(args)
+    if args.command == "profile":
+        return profile(args, argv)
     if args.command == "tune-budget":
         return tune_budget(args)
     if args.command == "sweep":

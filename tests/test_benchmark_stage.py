@@ -1,5 +1,6 @@
-"""The benchmark stage's work (lprnet.pipeline.benchmark) with fake predictors on a fake clock: which artifacts it
-times, the ratios, and the flat metrics and CSV rows it gives the stage to write."""
+"""The benchmark stage's work (lprnet.pipeline.benchmark) with fake predictors on a fake clock and a fake hardware
+floor: which artifacts it times, the ratios, each artifact's MACs and share of its precision's peak, and the flat
+metrics and CSV rows it gives the stage to write."""
 
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ from lprnet.pipeline.artifacts import ARTIFACTS, REFERENCE, split_benchmark
 from lprnet.pipeline.revision import comparable
 from lprnet.runtime import bench
 from lprnet.runtime.bench import BenchConfig
+from lprnet.runtime.floor import Floor
 from tests.conftest import params_from_repo
 
 # Seconds per call of each fake artifact, whatever the batch.
 SECONDS = {**{name: 0.001 * (index + 1) for index, name in enumerate(ARTIFACTS)}, REFERENCE: 0.0015}
+# MACs of the fake source models, and the fake floor's two measurements (G-MAC/s): the best of each peak counts.
+MACS = {"baseline.pt": 140_000_000, "pruned.pt": 35_000_000}
+FLOORS = [(100.0, 300.0), (80.0, 400.0)]
 
 
 @pytest.fixture
@@ -32,7 +37,11 @@ def models(tmp_path, monkeypatch):
         return call
 
     names = {str(tmp_path / artifact.path): name for name, artifact in ARTIFACTS.items()}
-    monkeypatch.setattr(benchmark, "load_model", lambda path: (None, None))
+    floors = iter(FLOORS)
+    monkeypatch.setattr(benchmark, "measure_floor",
+                        lambda threads: Floor(threads, *(peaks := next(floors)), *peaks, 16, 64))
+    monkeypatch.setattr(benchmark, "load_model", lambda path: (path.name, None))
+    monkeypatch.setattr(benchmark, "count_macs", lambda model: MACS[model])
     monkeypatch.setattr(benchmark, "export_onnx", lambda model, alphabet, path: path.write_bytes(b""))
     monkeypatch.setattr(benchmark, "load_predictor",
                         lambda path, threads: predictor(SECONDS[names.get(str(path), REFERENCE)]))
@@ -47,7 +56,7 @@ def config() -> BenchConfig:
 
 
 def test_every_artifact_then_the_reference_with_latency_throughput_and_ratios(models):
-    results = benchmark.benchmark_artifacts(models, config())
+    results, _ = benchmark.benchmark_artifacts(models, config())
     assert list(results) == [*ARTIFACTS, REFERENCE]
     ort = results["ort_fp32"]
     assert ort["latency_ms_p50"] == pytest.approx(1e3 * SECONDS["ort_fp32"])
@@ -57,13 +66,29 @@ def test_every_artifact_then_the_reference_with_latency_throughput_and_ratios(mo
     assert results["tvm_tune_int8"]["ratio_vs_ort_fp32_baseline"] == pytest.approx(SECONDS["tvm_tune_int8"] / 0.0015)
 
 
+def test_each_artifact_has_its_source_models_macs_and_its_share_of_its_precisions_best_peak(models):
+    results, floor = benchmark.benchmark_artifacts(models, config())
+    assert (floor.fp32_gmacs, floor.int8_gmacs) == (100.0, 400.0)  # the best of the two measurements
+    for name, peak, macs in (("ort_fp32", 100.0, MACS["pruned.pt"]), ("tvm_tune_int8", 400.0, MACS["pruned.pt"]),
+                             ("torch_int8", 400.0, MACS["pruned.pt"]),
+                             ("torch_fp32_baseline", 100.0, MACS["baseline.pt"]),
+                             (REFERENCE, 100.0, MACS["baseline.pt"])):
+        achieved = macs / SECONDS[name] / 1e9
+        assert results[name]["macs"] == macs
+        assert results[name]["achieved_gmacs"] == pytest.approx(achieved)
+        assert results[name]["peak_share"] == pytest.approx(achieved / peak), name
+
+
 def test_the_metrics_are_flat_and_read_back_as_one_row_per_artifact(models):
-    results = benchmark.benchmark_artifacts(models, config())
-    metrics = benchmark.benchmark_metrics(results, config())
+    results, floor = benchmark.benchmark_artifacts(models, config())
+    metrics = benchmark.benchmark_metrics(results, floor, config())
     assert all(isinstance(value, (int, float)) for value in metrics.values())
     assert metrics["threads"] == config().threads and metrics["runs"] == 10 and metrics["throughput_batch"] == 4
     assert metrics["ort_fp32_latency_ms_p50"] == results["ort_fp32"]["latency_ms_p50"]
-    assert split_benchmark(metrics)[1] == results
+    assert metrics["floor_fp32_gmacs"] == 100.0 and metrics["floor_int8_gmacs_one_thread"] == 400.0
+    settings, read_back = split_benchmark(metrics)
+    assert read_back == results
+    assert settings["floor_int8_gmacs"] == 400.0 and settings["threads"] == config().threads
     rows = comparable({"benchmark": metrics}).rows
     assert rows["benchmark/ort_fp32"]["latency_ms_p50"] == results["ort_fp32"]["latency_ms_p50"]
     assert rows["benchmark/ort_fp32"]["threads"] == config().threads

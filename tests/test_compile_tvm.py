@@ -335,3 +335,16 @@ def test_qdq_convolutions_become_integer_convolutions_with_the_same_values(tmp_p
     assert difference.max() <= step and np.mean(difference > 1e-4) < 0.01
     assert np.ptp(outputs["integer"]) > 1
 
+
+
+def test_the_profile_times_every_kernel_and_counts_the_models_convolution_macs(artifact, random_model, monkeypatch):
+    from lprnet.runtime import profile
+    from lprnet.runtime.metrics import count_macs
+    from lprnet.runtime.profile import CONV, profile_artifact
+
+    monkeypatch.setattr(profile, "MODEL_CALLS_PER_ROUND", 1)  # an untuned build: one call is tens of ms
+    measured = profile_artifact(artifact, threads=1, rounds=1)
+    convs = [kernel for kernel in measured.kernels if kernel.op == CONV]
+    assert measured.runtime == "tvm" and convs and {kernel.precision for kernel in convs} == {"fp32"}
+    assert sum(kernel.macs for kernel in convs) == count_macs(random_model)  # no channel padding in fp32 NHWC
+    assert all(kernel.seconds > 0 for kernel in measured.kernels) and measured.model_p50_s > 0

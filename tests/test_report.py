@@ -15,17 +15,18 @@ from lprnet.pipeline.revision import comparable
 from tests.conftest import params_from_repo
 
 
-def fake_results(tuned_ms: float, pruned_int8_accuracy: float) -> tuple[dict, dict]:
+def fake_results(tuned_ms: float, pruned_int8_accuracy: float, int8_peak_share: float = 0.6) -> tuple[dict, dict]:
     """(stage metrics, benchmark timings per artifact) for a baseline at 98 %, pruned artifacts at 97.5 % (int8: as
-    given)."""
+    given), tuned TVM int8 at `int8_peak_share` of its peak."""
     metrics = {"baseline": {"accuracy": 0.98}, "prune": {"accuracy": 0.975}, "onnx-fp32": {"accuracy": 0.975},
                "onnx-int8": {"accuracy": pruned_int8_accuracy}, "tvm-import-fp32": {"accuracy": 0.975},
-               "tvm-tune-fp32": {"accuracy": 0.975}}
+               "tvm-tune-fp32": {"accuracy": 0.975}, "tvm-tune-int8": {"accuracy": 0.975}}
     latency = {"torch_fp32_pruned": 5.0, "ort_fp32": 1.2, "ort_int8": 0.5, "tvm_import_fp32": 40.0,
-               "tvm_tune_fp32": tuned_ms, "ort_fp32_baseline": 1.8}
+               "tvm_tune_fp32": tuned_ms, "tvm_tune_int8": 0.9, "ort_fp32_baseline": 1.8}
     benchmark = {key: {"latency_ms_p50": ms, "latency_ms_p90": ms, "throughput_ips": 1.0,
                        "ratio_vs_baseline": 1.0, "ratio_vs_ort_fp32": ms / latency["ort_fp32"]}
                  for key, ms in latency.items()}
+    benchmark["tvm_tune_int8"]["peak_share"] = int8_peak_share
     return metrics, benchmark
 
 
@@ -38,22 +39,22 @@ def delivered(artifact: str, benchmark: dict, accuracy: float) -> dict:
             "ratio_vs_ort_fp32_baseline": ratio, "size_bytes": 400_000, "max_accuracy_drop": 0.005}
 
 
-def targets(tuned_ms: float, artifact: str, accuracy: float) -> list[dict]:
-    metrics, benchmark = fake_results(tuned_ms, accuracy)
+def targets(tuned_ms: float, artifact: str, accuracy: float, int8_peak_share: float = 0.6) -> list[dict]:
+    metrics, benchmark = fake_results(tuned_ms, accuracy, int8_peak_share)
     metrics["select"] = delivered(artifact, benchmark, accuracy)
     return report.target_rows(report.rows(metrics, benchmark), metrics, benchmark)
 
 
 def test_targets_hold_when_the_measurements_reach_them():
-    rows = targets(tuned_ms=1.2, artifact="ort_int8", accuracy=0.976)
-    assert [row["met"] for row in rows] == [True, True, True, True]
-    assert [round(row["value"], 3) for row in rows] == [1.0, 33.333, 3.6, 0.4]
+    rows = targets(tuned_ms=1.2, artifact="ort_int8", accuracy=0.976, int8_peak_share=0.5)
+    assert [row["met"] for row in rows] == [True, True, True, True, True]
+    assert [round(row["value"], 3) for row in rows] == [1.0, 33.333, 3.6, 0.4, 50.0]
     assert "(ONNX Runtime int8)" in rows[2]["target"] and "(ONNX Runtime int8)" in rows[3]["target"]
 
 
 def test_targets_fail_when_the_delivered_model_is_slow_or_loses_accuracy():
-    rows = targets(tuned_ms=2.5, artifact="ort_fp32", accuracy=0.969)  # 1.1 points below the baseline
-    assert [row["met"] for row in rows] == [False, False, False, False]
+    rows = targets(tuned_ms=2.5, artifact="ort_fp32", accuracy=0.969, int8_peak_share=0.3)  # 1.1 points below
+    assert [row["met"] for row in rows] == [False, False, False, False, False]
     assert "(ONNX Runtime fp32)" in rows[2]["target"] and round(rows[2]["value"], 3) == 1.5
     assert round(rows[3]["value"], 3) == 1.1
     assert "| no |" in report.targets_table(rows)
@@ -61,10 +62,10 @@ def test_targets_fail_when_the_delivered_model_is_slow_or_loses_accuracy():
 
 def test_a_missing_artifact_or_selection_leaves_its_target_unmeasured():
     metrics, benchmark = fake_results(1.0, 0.975)
-    del benchmark["tvm_tune_fp32"]
+    del benchmark["tvm_tune_fp32"], benchmark["tvm_tune_int8"]["peak_share"]  # a benchmark.json without a floor
     rows = report.target_rows(report.rows(metrics, benchmark), metrics, benchmark)
-    assert [row["met"] for row in rows] == [None, None, None, None]
-    assert report.targets_table(rows).count("| - | - |") == 4
+    assert [row["met"] for row in rows] == [None, None, None, None, None]
+    assert report.targets_table(rows).count("| - | - |") == 5
 
 
 def test_the_report_leads_with_the_delivered_model():
@@ -105,6 +106,24 @@ def test_the_document_reads_the_flat_benchmark_file():
     assert "ONNX Runtime fp32 on the unpruned baseline: 1.80 ms." in text
     assert "| ONNX Runtime fp32 | 97.5 % | 1.20 | 1.90 | 777 | 1.00 | 1.00 | - |" in text
     assert text.endswith("## Changes since the previous commit\n\nnone\n")
+
+
+def test_the_document_shows_the_floor_and_each_artifacts_macs_rate_and_share():
+    metrics, benchmark = fake_results(tuned_ms=1.2, pruned_int8_accuracy=0.971)
+    benchmark["ort_fp32"] |= {"macs": 36_000_000, "achieved_gmacs": 30.0, "peak_share": 0.25}
+    benchmark["ort_fp32_baseline"] |= {"macs": 144_000_000, "achieved_gmacs": 80.0, "peak_share": 0.667}
+    settings = {"threads": 2, "runs": 100, "floor_fp32_gmacs": 120.0, "floor_int8_gmacs": 480.0,
+                "floor_fp32_gmacs_one_thread": 64.0, "floor_int8_gmacs_one_thread": 250.0}
+    text = report.document({**metrics, "benchmark": flat_benchmark(settings, benchmark)}, "none")
+    assert "**fp32 120 G-MAC/s, int8 480 G-MAC/s** (1.88x one thread's fp32 peak)." in text
+    settings["floor_fp32_gmacs_one_thread"] = 100.0  # 1.2x on 2 threads: the second core was busy
+    busy = report.document({**metrics, "benchmark": flat_benchmark(settings, benchmark)}, "none")
+    assert "(1.20x one thread's fp32 peak, well under 2x: other processes held cores" in busy
+    assert "ONNX Runtime fp32 on the unpruned baseline: 80.0 G-MAC/s, 66.7 % of the fp32 peak." in text
+    assert "| 36.0 | 30.0 | 25.0 % |" in text.split("| ONNX Runtime fp32 |")[1].splitlines()[0]
+    # A benchmark.json from before the floor: the section says so, the columns show "-".
+    older = report.document({**metrics, "benchmark": flat_benchmark({"threads": 2, "runs": 100}, benchmark)}, "")
+    assert "No hardware floor in `metrics/benchmark.json`" in older
 
 
 def test_a_missing_or_nested_benchmark_file_is_refused_by_name():

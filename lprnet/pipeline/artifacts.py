@@ -22,17 +22,22 @@ class Artifact:
     label: str  # its row in the report
     path: str  # under models/, what the benchmark stage loads
     metrics: str  # the stage metrics file (without .json) that accuracy and size come from
+    precision: str  # "fp32" or "int8": whose hardware peak (runtime/floor.py) its speed is a share of
+    source: str  # under models/, the PyTorch fp32 model it computes: its MACs are the artifact's
 
 
-# Benchmark name -> artifact, in benchmark and report order.
+BASELINE_MODEL, PRUNED_MODEL = "baseline.pt", "pruned.pt"
+
+# Benchmark name -> artifact, in benchmark and report order. The int8 artifacts count the pruned model's MACs, the
+# layers kept in float (quantize.float_fallback) included: their share of the int8 peak is that of the whole model.
 ARTIFACTS = {
-    "torch_fp32_baseline": Artifact("PyTorch fp32 baseline", "baseline.pt", "baseline"),
-    "torch_fp32_pruned": Artifact("PyTorch fp32 pruned", "pruned.pt", "prune"),
-    "torch_int8": Artifact("PyTorch int8", "quantized.pt", "quantize"),
-    "ort_fp32": Artifact("ONNX Runtime fp32", "onnx/fp32.onnx", "onnx-fp32"),
-    "ort_int8": Artifact("ONNX Runtime int8", "onnx/int8.onnx", "onnx-int8"),
+    "torch_fp32_baseline": Artifact("PyTorch fp32 baseline", BASELINE_MODEL, "baseline", "fp32", BASELINE_MODEL),
+    "torch_fp32_pruned": Artifact("PyTorch fp32 pruned", PRUNED_MODEL, "prune", "fp32", PRUNED_MODEL),
+    "torch_int8": Artifact("PyTorch int8", "quantized.pt", "quantize", "int8", PRUNED_MODEL),
+    "ort_fp32": Artifact("ONNX Runtime fp32", "onnx/fp32.onnx", "onnx-fp32", "fp32", PRUNED_MODEL),
+    "ort_int8": Artifact("ONNX Runtime int8", "onnx/int8.onnx", "onnx-int8", "int8", PRUNED_MODEL),
     **{f"tvm_{step}_{precision}": Artifact(f"TVM {step} {precision}", f"tvm/{step}/{precision}",
-                                           f"tvm-{step}-{precision}")
+                                           f"tvm-{step}-{precision}", precision, PRUNED_MODEL)
        for step in ("import", "graph", "layout", "tune") for precision in ("fp32", "int8")},
 }
 
@@ -43,14 +48,21 @@ ORT_FP32 = "ort_fp32"
 REFERENCE = "ort_fp32_baseline"
 
 REFERENCE_LABEL = "ONNX Runtime fp32 baseline"
+REFERENCE_PRECISION, REFERENCE_SOURCE = "fp32", BASELINE_MODEL
 
 BENCHMARK = "benchmark"  # metrics/benchmark.json, by its stem
 SELECT = "select"  # metrics/select.json: the delivered model
 
 # Each benchmarked artifact's p50 divided by that of: (ratio key -> artifact).
 RATIOS = {"ratio_vs_baseline": BASELINE, "ratio_vs_ort_fp32": ORT_FP32, "ratio_vs_ort_fp32_baseline": REFERENCE}
-# The per-artifact metrics of benchmark.json. No name ends in `_` + another, so a key splits one way only.
-BENCHMARK_METRICS = ("latency_ms_p50", "latency_ms_p90", "latency_ms_mad", "throughput_ips", *RATIOS)
+# The per-artifact metrics of benchmark.json. No name ends in `_` + another, and no setting of the run (below) ends in
+# `_` + one, so a key splits one way only. `macs`: multiply-accumulates of one batch-1 pass (its source model's);
+# `achieved_gmacs`: those per second at the batch-1 p50, in G-MAC/s; `peak_share`: that over its precision's peak.
+BENCHMARK_METRICS = ("latency_ms_p50", "latency_ms_p90", "latency_ms_mad", "throughput_ips", *RATIOS, "macs",
+                     "achieved_gmacs", "peak_share")
+# The hardware floor among the run's settings (runtime/floor.py), in G-MAC/s: `floor_<precision>_gmacs` at the
+# benchmark's thread count, `floor_<precision>_gmacs_one_thread` on one.
+FLOOR_KEYS = {precision: f"floor_{precision}_gmacs" for precision in ("fp32", "int8")}
 
 
 def benchmark_key(artifact: str, metric: str) -> str:

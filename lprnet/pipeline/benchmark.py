@@ -6,6 +6,12 @@ the PyTorch fp32 baseline's, ONNX Runtime fp32's on the same (pruned) model and 
 baseline, which is exported here, as the reference the notebook study used (artifacts.RATIOS). The results are
 written as flat metrics (artifacts.py has the key scheme) and as a CSV for `dvc plots`.
 
+Against the hardware floor: this CPU's fp32 FMA and int8 `vpdpbusd` peaks at `bench.threads` (runtime/floor.py)
+are measured before the artifacts and again after them (the best of both is kept: load elsewhere on the machine
+only lowers a peak), and each artifact's row gets its MACs (those of the PyTorch model it was made from, counted
+by runtime/metrics.py's `count_macs`, as the stages' `macs`), the G-MAC/s it achieves at its batch-1 p50, and
+that as a share of its precision's peak.
+
 Does not re-measure accuracy: the report joins each artifact with its own stage's metrics.
 """
 
@@ -17,12 +23,24 @@ from pathlib import Path
 from lprnet.compile.onnx_export import export_onnx
 from lprnet.errors import MissingFileError
 from lprnet.model.checkpoint import load_model
-from lprnet.pipeline.artifacts import ARTIFACTS, BASELINE, RATIOS, REFERENCE, flat_benchmark
+from lprnet.pipeline.artifacts import (
+    ARTIFACTS,
+    BASELINE,
+    FLOOR_KEYS,
+    RATIOS,
+    REFERENCE,
+    REFERENCE_PRECISION,
+    REFERENCE_SOURCE,
+    flat_benchmark,
+)
 from lprnet.runtime.bench import BenchConfig, interleaved_latency, throughput
+from lprnet.runtime.floor import Floor, measure_floor
+from lprnet.runtime.metrics import count_macs
 from lprnet.runtime.predictor import load_predictor
 
 # reports/benchmark.csv, one line per artifact.
-CSV_COLUMNS = ("artifact", "latency_ms_p50", "latency_ms_p90", "throughput_ips", "ratio_vs_ort_fp32")
+CSV_COLUMNS = ("artifact", "latency_ms_p50", "latency_ms_p90", "throughput_ips", "ratio_vs_ort_fp32", "macs",
+               "achieved_gmacs", "peak_share")
 
 
 def export_reference(models: Path, folder: Path) -> Path:
@@ -33,12 +51,16 @@ def export_reference(models: Path, folder: Path) -> Path:
     return path
 
 
-def benchmark_artifacts(models: Path, bench: BenchConfig) -> dict[str, dict]:
-    """Artifact name -> its latency summary, throughput and ratios, for every artifact under `models` (ARTIFACTS, in
-    order) and then the reference (REFERENCE). Raises MissingFileError naming the first absent artifact."""
+def benchmark_artifacts(models: Path, bench: BenchConfig) -> tuple[dict[str, dict], Floor]:
+    """(artifact name -> its latency summary, throughput, ratios, MACs and share of the floor, for every artifact
+    under `models` (ARTIFACTS, in order) and then the reference (REFERENCE); this CPU's floor at `bench.threads`).
+    Raises MissingFileError naming the first absent artifact."""
     missing = [models / artifact.path for artifact in ARTIFACTS.values() if not (models / artifact.path).exists()]
     if missing:
         raise MissingFileError(f"{missing[0]}: artifact missing (run `dvc repro`)")
+    floor_before = measure_floor(bench.threads)  # first: a compiler missing fails the stage before minutes of timing
+    sources = {source: count_macs(load_model(models / source)[0])
+               for source in {artifact.source for artifact in ARTIFACTS.values()} | {REFERENCE_SOURCE}}
     with tempfile.TemporaryDirectory(prefix="benchmark.") as work:
         reference_onnx = export_reference(models, Path(work))
         predictors = {name: load_predictor(models / artifact.path, bench.threads)
@@ -47,16 +69,40 @@ def benchmark_artifacts(models: Path, bench: BenchConfig) -> dict[str, dict]:
         results = interleaved_latency(predictors, bench)
         for name, predictor in predictors.items():
             results[name]["throughput_ips"] = throughput(predictor, bench)
-    for result in results.values():
+        del predictors  # their runtimes' thread pools stop spinning before the floor runs again
+    floor = best_floor(floor_before, measure_floor(bench.threads))
+    kinds = {name: (artifact.precision, artifact.source) for name, artifact in ARTIFACTS.items()}
+    kinds[REFERENCE] = (REFERENCE_PRECISION, REFERENCE_SOURCE)
+    for name, result in results.items():
         for ratio, other in RATIOS.items():
             result[ratio] = result["latency_ms_p50"] / results[other]["latency_ms_p50"]
-    return results
+        precision, source = kinds[name]
+        result.update(against_floor(sources[source], result["latency_ms_p50"], floor.peak(precision)))
+    return results, floor
 
 
-def benchmark_metrics(results: dict[str, dict], bench: BenchConfig) -> dict:
-    """metrics/benchmark.json: the run's settings, then `results` as flat keys."""
-    return flat_benchmark({"threads": bench.threads, "runs": bench.runs, "throughput_batch": bench.throughput_batch},
-                          results)
+def against_floor(macs: int, latency_ms: float, peak_gmacs: float) -> dict:
+    """An artifact's `macs`, the G-MAC/s it achieves at `latency_ms` per pass, and their share of `peak_gmacs`."""
+    achieved = macs / (latency_ms * 1e-3) / 1e9
+    return {"macs": macs, "achieved_gmacs": achieved, "peak_share": achieved / peak_gmacs}
+
+
+def best_floor(*floors: Floor) -> Floor:
+    """Each peak's best over several measurements of the floor (at the same thread count)."""
+    assert len({floor.threads for floor in floors}) == 1
+    best = {field: max(getattr(floor, field) for floor in floors)
+            for field in ("fp32_gmacs", "int8_gmacs", "fp32_gmacs_one_thread", "int8_gmacs_one_thread")}
+    return Floor(floors[0].threads, **best, fp32_macs_per_instruction=floors[0].fp32_macs_per_instruction,
+                 int8_macs_per_instruction=floors[0].int8_macs_per_instruction)
+
+
+def benchmark_metrics(results: dict[str, dict], floor: Floor, bench: BenchConfig) -> dict:
+    """metrics/benchmark.json: the run's settings and the floor, then `results` as flat keys."""
+    settings = {"threads": bench.threads, "runs": bench.runs, "throughput_batch": bench.throughput_batch}
+    for precision, key in FLOOR_KEYS.items():
+        settings[key] = floor.peak(precision)
+        settings[f"{key}_one_thread"] = getattr(floor, f"{precision}_gmacs_one_thread")
+    return flat_benchmark(settings, results)
 
 
 def benchmark_csv_rows(results: dict[str, dict]) -> list[list]:

@@ -5,7 +5,8 @@ PNGs are drawn from those files read back (`plot`), the files `dvc plots show` d
 `plots`): the two cannot disagree.
 
 Tables from metrics dicts (stage metrics files by stem, with benchmark.json's flat content under "benchmark"), the
-comparison with the notebook study, the speed targets, and the changes since a git revision (by default HEAD, the
+comparison with the notebook study, each artifact against the hardware floor the benchmark measured, the speed
+targets, and the changes since a git revision (by default HEAD, the
 previous commit while the new results are not yet committed): metrics there are read by revision.py, as the
 regression gate reads them, and a p50 latency change within the gate's timing noise is counted, not listed.
 `write_report` is the `report` stage's work; it leads with the model the select stage delivered (metrics/select.json).
@@ -25,6 +26,7 @@ from lprnet.pipeline.artifacts import (
     ARTIFACTS,
     BASELINE,
     BENCHMARK,
+    FLOOR_KEYS,
     REFERENCE,
     REFERENCE_LABEL,
     SELECT,
@@ -104,17 +106,44 @@ def study_table(metrics: dict[str, dict], timings: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _number(value, spec: str, scale: float = 1.0) -> str:
+    return "-" if value is None else format(value * scale, spec)
+
+
 def artifact_table(table: list[dict]) -> str:
     front = pareto_front({row["artifact"]: (row["latency_ms_p50"], row["accuracy"]) for row in table})
     lines = ["| artifact | accuracy | p50 (ms) | p90 (ms) | images/s | vs baseline | vs ORT fp32 | size (MB) "
-             "| Pareto |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| M MACs | G-MAC/s | of its peak | Pareto |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in table:
         lines.append(f"| {row['artifact']} | {_pct(row['accuracy'])} | {_ms(row['latency_ms_p50'])} | "
                      f"{_ms(row['latency_ms_p90'])} | {row['throughput_ips']:.0f} | {row['ratio_vs_baseline']:.2f} | "
                      f"{row['ratio_vs_ort_fp32']:.2f} | {_mb(row['size_bytes'])} | "
-                     f"{'yes' if row['artifact'] in front else ''} |")
+                     f"{_number(row.get('macs'), '.1f', 1e-6)} | {_number(row.get('achieved_gmacs'), '.1f')} | "
+                     f"{_pct(row.get('peak_share'))} | {'yes' if row['artifact'] in front else ''} |")
     return "\n".join(lines)
+
+
+def floor_section(settings: dict, timings: dict[str, dict]) -> str:
+    """The hardware floor the benchmark measured, or why there is none (a benchmark.json written before it)."""
+    peaks = {precision: settings.get(key) for precision, key in FLOOR_KEYS.items()}
+    if any(value is None for value in peaks.values()):
+        return "No hardware floor in `metrics/benchmark.json` (written before the benchmark measured one)."
+    one_thread = settings.get(f"{FLOOR_KEYS['fp32']}_one_thread")
+    threads = settings["threads"]
+    scaling = f"{peaks['fp32'] / one_thread:.2f}x one thread's fp32 peak" if one_thread else "one thread not measured"
+    if one_thread and peaks["fp32"] / one_thread < MIN_FLOOR_SCALING * threads:
+        scaling += (f", well under {threads}x: other processes held cores while the floor ran, or the logical CPUs "
+                    "share physical cores")
+    reference = timings.get(REFERENCE, {})
+    return (f"This CPU's peaks, measured by the benchmark stage at {threads} threads "
+            "(`lprnet/runtime/floor.py`: register-only FMA and `vpdpbusd` loops, the best of many 1 ms runs): "
+            f"**fp32 {peaks['fp32']:.0f} G-MAC/s, int8 {peaks['int8']:.0f} G-MAC/s** ({scaling}). "
+            "Each artifact's MACs are those of the PyTorch model it was made from "
+            "(int8 artifacts: the pruned model's, the layers kept in float included), its G-MAC/s those MACs at its "
+            "batch-1 p50, and its share is of its precision's peak. ONNX Runtime fp32 on the unpruned baseline: "
+            f"{_number(reference.get('achieved_gmacs'), '.1f')} G-MAC/s, {_pct(reference.get('peak_share'))} of the "
+            "fp32 peak. Which kernels of the delivered model take the time: `docs/speed.md`.")
 
 
 # The targets, measured by the benchmark stage and checked on the model the select stage delivered.
@@ -122,6 +151,9 @@ MAX_TUNED_VS_ORT = 1.0  # tuned TVM fp32 p50 / ONNX Runtime fp32 p50, same model
 MIN_TUNED_SPEEDUP = 20.0  # untuned tvm-import fp32 p50 / tuned TVM fp32 p50
 MIN_DELIVERED_SPEEDUP = 3.0  # ONNX Runtime fp32 on the baseline / the delivered model, batch-1 p50
 MAX_DELIVERED_TEST_DROP = 0.005  # baseline test accuracy - the delivered model's
+MIN_TUNED_INT8_PEAK_SHARE = 0.5  # tuned TVM int8's MACs per second / the measured int8 peak
+# A floor at N threads under this share of N x its one-thread peak did not get N cores: the report says so.
+MIN_FLOOR_SCALING = 0.8
 
 
 def target_rows(table: list[dict], metrics: dict[str, dict], timings: dict[str, dict]) -> list[dict]:
@@ -143,6 +175,9 @@ def target_rows(table: list[dict], metrics: dict[str, dict], timings: dict[str, 
          f"<= {100 * MAX_DELIVERED_TEST_DROP:g}",
          100 * delivered["accuracy_drop"] if "accuracy_drop" in delivered else None,
          lambda value: value <= 100 * MAX_DELIVERED_TEST_DROP + 1e-9),
+        ("tuned TVM int8, share of the measured int8 peak, %", f">= {100 * MIN_TUNED_INT8_PEAK_SHARE:g}",
+         100 * by_key["tvm_tune_int8"]["peak_share"] if "peak_share" in by_key.get("tvm_tune_int8", {}) else None,
+         lambda value: value >= 100 * MIN_TUNED_INT8_PEAK_SHARE),
     ]
     return [{"target": what, "goal": goal, "value": value, "met": None if value is None else bool(holds(value))}
             for what, goal, value, holds in targets]
@@ -252,6 +287,10 @@ Ratios are of p50 latency: to the PyTorch fp32 baseline and to ONNX Runtime fp32
 ONNX Runtime fp32 on the unpruned baseline: {_ms(reference)} ms.
 
 {artifact_table(table)}
+
+## Against the hardware floor
+
+{floor_section(settings, timings)}
 
 ## Targets
 
