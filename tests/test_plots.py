@@ -26,7 +26,7 @@ PLOTS = {
     "training-accuracy": "Validation plate accuracy while training (calib split), per stage",
     "training-loss": "Training loss, mean over the steps since the previous validation, per stage",
     "prune-search": "prune.ratio auto: validation accuracy of each ratio tried, fine-tuned",
-    "quantize-fallback": "int8 float fallback: validation accuracy as layers are kept float",
+    "quantize-fallback": "int8 float fallback: validation accuracy of each split tried",
     "tuning": "MetaSchedule tuning: estimated kernel time of the best schedules so far",
     "latency": "Batch-1 latency per artifact (dot p50, bar to p90)",
     "throughput": "Throughput per artifact (bench.throughput_batch images per call)",
