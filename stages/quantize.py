@@ -22,7 +22,8 @@ from lprnet.runtime.bench import BenchConfig
 
 
 def main() -> None:
-    args = parse_args(__doc__, ["pruned", "calibration", "data", "baseline", "model", "metrics", "fallback"])
+    args = parse_args(__doc__, reads=["pruned", "calibration", "data", "baseline"],
+                      writes=["model", "metrics", "fallback"])
     params = read_section(args.params, "quantize", QuantizeParams)
     bench = read_section(args.params, "bench", BenchConfig)
     budget = read_section(args.params, "budget", BudgetParams)
