@@ -76,9 +76,12 @@ def load_torch(path: str | os.PathLike, what: str):
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise InputError(f"{path}: not a {what}: it holds objects other than tensors and plain data, which are never "
-                         "unpickled (they could run code)") from None
+    except pickle.UnpicklingError as error:
+        # PyTorch's message goes on to advise loading the file unsafely: not passed on.
+        if "Unsupported global" in str(error):
+            raise InputError(f"{path}: not a {what}: it holds objects other than tensors and plain data, which are "
+                             "never unpickled (they could run code)") from None
+        raise InputError(f"{path}: not a loadable {what} (not a PyTorch archive of tensors)") from None
     except Exception as error:  # torch raises many types for a corrupt file (zip, pickle, storage); name the file
         first = str(error).strip().splitlines()
         raise InputError(f"{path}: not a loadable {what} ({type(error).__name__}"
