@@ -212,3 +212,22 @@ def test_a_tvm_target_with_a_garbage_mtriple_stops_the_tvm_stage(tmp_path, monke
     assert code == 1
     assert_one_line(capsys.readouterr().err, "tvm.target", "garbage")
     assert not out.exists()
+
+
+def test_a_metrics_file_that_is_not_utf8_is_one_line_for_the_report_and_the_gate(tmp_path, monkeypatch, capsys):
+    from lprnet.__main__ import main as cli
+
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    (metrics / "baseline.json").write_bytes(b'{"accuracy": "\xff"}')
+    (tmp_path / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
+    out = tmp_path / "reports"
+    argv = ["stages/report.py", "--params", str(tmp_path / "params.yaml"), f"--metrics={metrics}", f"--out={out}",
+            f"--pareto_csv={out / 'pareto.csv'}", f"--sizes_csv={out / 'sizes.csv'}"]
+    assert run_stage_in_process("report", argv, monkeypatch) == 1
+    assert_one_line(capsys.readouterr().err, str(metrics / "baseline.json"), "not UTF-8")
+    assert not out.exists()
+    assert cli(["gate", "--against", "HEAD", "--params", str(tmp_path / "params.yaml"), "--metrics", str(metrics)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert_one_line(captured.err, str(metrics / "baseline.json"), "not UTF-8")
