@@ -183,6 +183,15 @@ def test_export_onnx_refuses_a_float_model_as_int8_before_writing(tmp_path, inpu
     assert not out.exists()
 
 
+def run_report(tmp_path: Path, monkeypatch) -> int:
+    """The report stage on `tmp_path`/metrics, writing into `tmp_path`/reports, with the repository's params."""
+    (tmp_path / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
+    out = tmp_path / "reports"
+    return run_stage_in_process("report", [
+        "stages/report.py", "--params", str(tmp_path / "params.yaml"), f"--metrics={tmp_path / 'metrics'}",
+        f"--out={out}", f"--pareto_csv={out / 'pareto.csv'}", f"--sizes_csv={out / 'sizes.csv'}"], monkeypatch)
+
+
 def test_the_report_names_a_metrics_file_without_accuracy_and_writes_nothing(tmp_path, monkeypatch, capsys):
     metrics = tmp_path / "metrics"
     metrics.mkdir()
@@ -190,12 +199,8 @@ def test_the_report_names_a_metrics_file_without_accuracy_and_writes_nothing(tmp
     (metrics / "benchmark.json").write_text(json.dumps({
         "threads": 2, "runs": 10, "torch_fp32_baseline_latency_ms_p50": 5.0, "torch_fp32_baseline_latency_ms_p90": 6.0,
         "torch_fp32_baseline_latency_ms_mad": 0.1, "torch_fp32_baseline_throughput_ips": 100.0}), encoding="utf-8")
-    (tmp_path / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
     out = tmp_path / "reports"
-    argv = ["stages/report.py", "--params", str(tmp_path / "params.yaml"), f"--metrics={metrics}", f"--out={out}",
-            f"--pareto_csv={out / 'pareto.csv'}", f"--sizes_csv={out / 'sizes.csv'}"]
-    code = run_stage_in_process("report", argv, monkeypatch)
-    assert code == 1
+    assert run_report(tmp_path, monkeypatch) == 1
     assert_one_line(capsys.readouterr().err, str(metrics / "baseline.json"), "accuracy")
     assert not out.exists()
 
@@ -220,13 +225,9 @@ def test_a_metrics_file_that_is_not_utf8_is_one_line_for_the_report_and_the_gate
     metrics = tmp_path / "metrics"
     metrics.mkdir()
     (metrics / "baseline.json").write_bytes(b'{"accuracy": "\xff"}')
-    (tmp_path / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
-    out = tmp_path / "reports"
-    argv = ["stages/report.py", "--params", str(tmp_path / "params.yaml"), f"--metrics={metrics}", f"--out={out}",
-            f"--pareto_csv={out / 'pareto.csv'}", f"--sizes_csv={out / 'sizes.csv'}"]
-    assert run_stage_in_process("report", argv, monkeypatch) == 1
+    assert run_report(tmp_path, monkeypatch) == 1
     assert_one_line(capsys.readouterr().err, str(metrics / "baseline.json"), "not UTF-8")
-    assert not out.exists()
+    assert not (tmp_path / "reports").exists()
     assert cli(["gate", "--against", "HEAD", "--params", str(tmp_path / "params.yaml"), "--metrics", str(metrics)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
