@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import runpy
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -232,3 +234,22 @@ def test_a_metrics_file_that_is_not_utf8_is_one_line_for_the_report_and_the_gate
     captured = capsys.readouterr()
     assert captured.out == ""
     assert_one_line(captured.err, str(metrics / "baseline.json"), "not UTF-8")
+
+
+def test_an_output_that_links_to_the_images_replaces_the_link_not_the_images(tmp_path, inputs,  # noqa: F811
+                                                                              monkeypatch):
+    """A link is renamed over, never followed (DVC may link outputs into its cache): the images stay."""
+    plates = tmp_path / "plates"
+    plates.mkdir()
+    for image in (inputs / "plates").iterdir():
+        (plates / image.name).write_bytes(image.read_bytes())
+    (tmp_path / "prepared").symlink_to(plates, target_is_directory=True)
+    params = small_params(inputs)
+    params["data"].update(source="folder", folder=str(plates), alphabet="latin")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    before = snapshot(plates)
+    monkeypatch.setattr(sys, "argv", ["stages/data.py", *data_argv(tmp_path / "params.yaml", tmp_path / "prepared",
+                                                                   tmp_path / "d.json")])
+    runpy.run_path(str(REPO / "stages/data.py"), run_name="__main__")  # succeeds: no SystemExit
+    assert snapshot(plates) == before
+    assert not (tmp_path / "prepared").is_symlink() and (tmp_path / "prepared" / "test.npz").is_file()

@@ -63,10 +63,14 @@ def refuse_overlap(reads: Mapping[str, PathLike], writes: Mapping[str, PathLike]
     stage writes files into) is, holds or sits inside an input (`reads`), when two outputs are one path or one sits
     in a replaced folder, or when an output's kind clashes with what exists (a file output that is a folder, a folder
     output that is a file, a parent that is a file)."""
-    def resolved(paths):
-        return {name: Path(path).resolve() for name, path in paths.items()}
+    def resolved(paths, replaced: bool):
+        # A file or folder the stage replaces is renamed onto its path: a link there is replaced, not followed
+        # (DVC may link outputs into its cache). Inputs, and folders written into, are followed to what they are.
+        return {name: Path(path).parent.resolve() / Path(path).name if replaced and Path(path).name not in ("", "..")
+                else Path(path).resolve() for name, path in paths.items()}
 
-    reads, writes, folders, into = resolved(reads), resolved(writes), resolved(folders), resolved(into)
+    reads, into = resolved(reads, False), resolved(into, False)
+    writes, folders = resolved(writes, True), resolved(folders, True)
     outputs = {**writes, **folders, **into}
     for out_name, out in outputs.items():
         for in_name, source in reads.items():
