@@ -26,7 +26,7 @@ from lprnet.model.data import list_images, load_folder, load_image
 from lprnet.pipeline import gate
 from lprnet.runtime.bench import BenchConfig
 from lprnet.runtime.evaluate import predict_texts
-from lprnet.runtime.predictor import load_predictor
+from lprnet.runtime.predictor import MAX_THREADS, load_predictor
 
 # The CLI's own measuring settings: it runs on any artifact, inside the pipeline's repository or not, so it does not
 # read params.yaml (whose `bench:` section the stages use). The first three are its flags' defaults.
@@ -35,21 +35,45 @@ PROFILE_ROUNDS, PROFILE_TOP = 20, 12  # `profile`: timings per kernel, and how m
 EVAL_BENCH = {"warmup": 10, "throughput_batch": 32, "throughput_runs": 10, "throughput_seconds": 3.0}
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line naming the argument (`error: argument --threads: ...`), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {' '.join(message.split())}\n")
+
+
+def int_from(low: int, high: int | None = None):
+    """An argparse type: an integer of at least `low` (and at most `high`)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be an integer {bound}, got {value}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lprnet", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m lprnet", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     def add_common(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("artifact", type=Path, help="model file (pipeline artifact or LPRNet_Pytorch state dict)")
-        sub.add_argument("--threads", type=int, default=THREADS, help="CPU threads for inference")
-        sub.add_argument("--batch", type=int, default=EVAL_BATCH, help="images per forward pass")
+        sub.add_argument("--threads", type=int_from(1, MAX_THREADS), default=THREADS,
+                         help=f"CPU threads for inference (at most {MAX_THREADS})")
+        sub.add_argument("--batch", type=int_from(1), default=EVAL_BATCH, help="images per forward pass")
         sub.add_argument("--alphabet", choices=sorted(ALPHABETS),
-                         help="alphabet of a bare state dict (default: inferred from its class count)")
+                         help="alphabet of a bare state dict (default: inferred from its class count); any "
+                              "other artifact carries its own, which must be this one")
 
     evaluate = commands.add_parser("eval", help="accuracy, latency, size of an artifact on labelled images")
     add_common(evaluate)
     evaluate.add_argument("--images", type=Path, required=True, help="folder of images named by plate text")
-    evaluate.add_argument("--runs", type=int, default=RUNS, help="batch-1 latency samples")
+    evaluate.add_argument("--runs", type=int_from(1), default=RUNS, help="batch-1 latency samples")
 
     predict = commands.add_parser("predict", help="print the plate read from each image")
     add_common(predict)
@@ -59,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", help="CSV and PNG of accuracy, latency and size over DVC experiments")
     sweep.add_argument("param", help="the swept param, as in `dvc exp run -S`, e.g. prune.ratio")
     sweep.add_argument("--out", type=Path, help="output prefix (default: reports/sweep_PARAM)")
-    sweep.add_argument("-n", "--num", type=int, default=1,
+    sweep.add_argument("-n", "--num", type=int_from(1), default=1,
                        help="include experiments of the last N commits, as `dvc exp show -n` (default: 1)")
 
     profile = commands.add_parser("profile", help="per-kernel time of a TVM or ONNX artifact (or a deploy folder "
@@ -170,8 +194,6 @@ def main(argv=None) -> int:
         print(table.to_string(index=False))
         return 0
     try:
-        if args.batch < 1 or args.threads < 1:
-            raise InputError(f"--batch and --threads must be at least 1, got {args.batch} and {args.threads}")
         alphabet = get_alphabet(args.alphabet) if args.alphabet else None
         predictor = load_predictor(args.artifact, args.threads, alphabet)
         if args.command == "eval":

@@ -64,6 +64,30 @@ def save_torch_atomic(path: str | os.PathLike, obj) -> None:
         torch.save(obj, file)
 
 
+def load_torch(path: str | os.PathLike, what: str):
+    """torch.load of `path` with weights_only=True (tensors and plain data only: nothing in the file can run code);
+    an InputError naming the file and saying it is not a loadable `what` for anything else. A file holding other
+    objects is refused as such, without PyTorch's advice to load it unsafely."""
+    import pickle
+
+    import torch
+
+    from lprnet.errors import InputError
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # PyTorch's message goes on to advise loading the file unsafely: not passed on.
+        if "Unsupported global" in str(error):
+            raise InputError(f"{path}: not a {what}: it holds objects other than tensors and plain data, which are "
+                             "never unpickled (they could run code)") from None
+        raise InputError(f"{path}: not a loadable {what} (not a PyTorch archive of tensors)") from None
+    except Exception as error:  # torch raises many types for a corrupt file (zip, pickle, storage); name the file
+        first = str(error).strip().splitlines()
+        raise InputError(f"{path}: not a loadable {what} ({type(error).__name__}"
+                         f"{': ' + first[0][:200] if first else ''})") from None
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -20,7 +20,7 @@ from lprnet.runtime.bench import BenchConfig
 
 
 def main() -> None:
-    args = parse_args(__doc__, ["models", "metrics", "csv"])
+    args = parse_args(__doc__, reads=["models"], writes=["metrics", "csv"])
     bench = read_section(args.params, "bench", BenchConfig)
     results, floor = benchmark_artifacts(Path(args.models), bench)
     write_json_atomic(args.metrics, benchmark_metrics(results, floor, bench))

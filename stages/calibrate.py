@@ -14,7 +14,7 @@ from lprnet.pipeline.stage import parse_args, read_section, run
 
 
 def main() -> None:
-    args = parse_args(__doc__, ["pruned", "data", "out", "metrics"])
+    args = parse_args(__doc__, reads=["pruned", "data"], writes=["metrics"], folders=["out"])
     params = read_section(args.params, "calibrate", CalibrateParams)
     metrics = calibrate_stage(args.pruned, args.data, args.out, params)
     write_json_atomic(args.metrics, metrics)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from lprnet.io import write_json_atomic
 from lprnet.pipeline.data_step import DataParams, data_stage
-from lprnet.pipeline.stage import parse_args, read_section, run
+from lprnet.pipeline.stage import parse_args, read_section, refuse_params_paths, run
 
 
 def main() -> None:
-    args = parse_args(__doc__, ["out", "metrics"])
+    args = parse_args(__doc__, reads=[], writes=["metrics"], folders=["out"])
     params = read_section(args.params, "data", DataParams)
+    refuse_params_paths(args, {"data.folder": params.folder if params.source == "folder" else ""})
     metrics = data_stage(args.out, params)
     write_json_atomic(args.metrics, metrics)
 

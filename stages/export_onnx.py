@@ -16,8 +16,8 @@ from lprnet.runtime.bench import BenchConfig
 
 
 def main() -> None:
-    args = parse_args(__doc__, ["pruned", "quantized", "calibration", "data", "fp32", "int8", "metrics_fp32",
-                                "metrics_int8"])
+    args = parse_args(__doc__, reads=["pruned", "quantized", "calibration", "data"],
+                      writes=["fp32", "int8", "metrics_fp32", "metrics_int8"])
     params = read_section(args.params, "export_onnx", ExportParams)
     bench = read_section(args.params, "bench", BenchConfig)
     fp32_metrics, int8_metrics = export_onnx_stage(args.pruned, args.quantized, args.calibration, args.data,

@@ -23,7 +23,7 @@ from lprnet.runtime.bench import BenchConfig
 
 
 def main() -> None:
-    args = parse_args(__doc__, ["baseline", "data", "model", "metrics", "search", "live"])
+    args = parse_args(__doc__, reads=["baseline", "data"], writes=["model", "metrics", "search", "live"])
     params = read_section(args.params, "prune", PruneParams)
     bench = read_section(args.params, "bench", BenchConfig)
     budget = read_section(args.params, "budget", BudgetParams)

@@ -24,8 +24,8 @@ from lprnet.runtime.bench import BenchConfig
 
 
 def main() -> None:
-    args = parse_args(__doc__, ["pruned", "calibration", "data", "baseline", "model", "metrics", "fallback",
-                                "live"])
+    args = parse_args(__doc__, reads=["pruned", "calibration", "data", "baseline"],
+                      writes=["model", "metrics", "fallback", "live"])
     params = read_section(args.params, "quantize", QuantizeParams)
     bench = read_section(args.params, "bench", BenchConfig)
     budget = read_section(args.params, "budget", BudgetParams)

@@ -13,7 +13,7 @@ from lprnet.pipeline.stage import parse_args, read_section, run
 
 
 def main() -> None:
-    args = parse_args(__doc__, ["metrics", "out", "pareto_csv", "sizes_csv"])
+    args = parse_args(__doc__, reads=["metrics"], writes=["pareto_csv", "sizes_csv"], into=["out"])
     noise = read_section(args.params, "gate", GateParams)
     write_report(args.metrics, args.out, args.pareto_csv, args.sizes_csv, noise, against="HEAD")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from lprnet.csv_io import write_csv_atomic
 from lprnet.errors import MissingFileError
 from lprnet.io import write_json_atomic
+from lprnet.pipeline.artifacts import ARTIFACTS
 from lprnet.pipeline.budget import BudgetParams
 from lprnet.pipeline.revision import parse_metrics
 from lprnet.pipeline.select_step import CSV_COLUMNS, select_stage
@@ -25,13 +26,14 @@ from lprnet.runtime.bench import BenchConfig
 
 
 def main() -> None:
-    args = parse_args(__doc__, ["models", "data", "benchmark", "out", "metrics", "csv"])
+    args = parse_args(__doc__, reads=["data", "benchmark"], writes=["metrics", "csv"], folders=["out"],
+                      within={"models": [artifact.path for artifact in ARTIFACTS.values()]})
     budget = read_section(args.params, "budget", BudgetParams)
     bench = read_section(args.params, "bench", BenchConfig)
     benchmark = Path(args.benchmark)
     if not benchmark.is_file():
         raise MissingFileError(f"{benchmark}: missing (run `dvc repro benchmark`)")
-    timings = parse_metrics(benchmark.read_bytes().decode("utf-8", errors="replace"), str(benchmark))
+    timings = parse_metrics(benchmark.read_bytes(), str(benchmark))
     metrics, candidates = select_stage(args.models, args.data, timings, args.out, budget, bench)
     write_csv_atomic(args.csv, CSV_COLUMNS, candidates, digits=4)
     write_json_atomic(args.metrics, metrics)

@@ -79,10 +79,12 @@ def test_a_non_positive_throughput_seconds_is_refused_by_name(seconds):
         params_from_repo("bench", bench.BenchConfig, throughput_seconds=seconds)
 
 
-@pytest.mark.parametrize("key, value", [("threads", 0), ("warmup", -1), ("runs", 0), ("throughput_batch", 0),
-                                        ("throughput_runs", 0), ("eval_batch", 0), ("runs", True), ("runs", 2.5)])
+@pytest.mark.parametrize("key, value", [("threads", 0), ("threads", 257), ("warmup", -1), ("runs", 0),
+                                        ("throughput_batch", 0), ("throughput_runs", 0), ("eval_batch", 0),
+                                        ("runs", True), ("runs", 2.5)])
 def test_a_bad_count_is_refused_by_name(key, value):
-    with pytest.raises(ValueError, match=f"^bench.{key} must be an integer >= "):
+    # threads also has a ceiling (MAX_THREADS): "an integer from 1 to 256"
+    with pytest.raises(ValueError, match=f"^bench.{key} must be an integer (>= |from 1 to )"):
         params_from_repo("bench", bench.BenchConfig, **{key: value})
 
 

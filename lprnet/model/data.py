@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -120,10 +122,28 @@ def save_split(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray) 
 
 
 def load_split(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """The images and labels `save_split` wrote; an InputError naming the file for anything else (a truncated or
+    foreign file, object arrays, which are never unpickled, other shapes or types)."""
     if not Path(path).is_file():
         raise MissingFileError(f"{path}: no such split file (run `dvc repro data`)")
-    with np.load(path, allow_pickle=False) as f:
-        return f["images"], f["labels"]
+    try:
+        with zipfile.ZipFile(path) as archive:  # np.load would read a lone .npy array, or a pickle, as well
+            names = set(archive.namelist())
+        if not {"images.npy", "labels.npy"} <= names:
+            raise InputError(f"{path}: a split file holds `images` and `labels`, this one {sorted(names)}")
+        with np.load(path, allow_pickle=False) as f:
+            images, labels = f["images"], f["labels"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        if isinstance(error, InputError):
+            raise
+        raise InputError(f"{path}: not a readable split file ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (INPUT_HEIGHT, INPUT_WIDTH, 3):
+        raise InputError(f"{path}: images are {images.dtype} {images.shape}, expected uint8 (N, {INPUT_HEIGHT}, "
+                         f"{INPUT_WIDTH}, 3)")
+    if labels.dtype.kind != "U" or labels.shape != (len(images),):
+        raise InputError(f"{path}: labels are {labels.dtype} {labels.shape}, expected {len(images)} strings")
+    return images, labels
 
 
 def to_network_input(images: np.ndarray) -> np.ndarray:
@@ -144,4 +164,14 @@ def prepared_alphabet(folder: str | os.PathLike) -> Alphabet:
     path = Path(folder) / "alphabet.json"
     if not path.is_file():
         raise MissingFileError(f"{path}: missing (run `dvc repro data`)")
-    return get_alphabet(json.loads(path.read_text(encoding="utf-8"))["alphabet"])
+    try:
+        content = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: not UTF-8 JSON ({error})") from None
+    name = content.get("alphabet") if isinstance(content, dict) else None
+    if not isinstance(name, str):
+        raise InputError(f"{path}: expected an object with an `alphabet` name, got {content!r:.80}")
+    try:
+        return get_alphabet(name)
+    except InputError as error:
+        raise InputError(f"{path}: {error}") from None

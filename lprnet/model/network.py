@@ -7,7 +7,8 @@ At batch 1 the two are identical. This file does not load files (see artifacts.p
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import numbers
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
@@ -16,6 +17,15 @@ from lprnet.errors import InputError
 
 # Indices in `backbone` whose outputs feed the global context, and their channel counts before the classes.
 CONTEXT_TAPS = (2, 6, 13, 22)
+# The most channels a config may give any layer (the published model's widest has 256): a config read from a file
+# must not set up gigabytes of weights before its tensors are compared with it.
+MAX_WIDTH = 4096
+WIDTHS = ("num_classes", "stem", "block1", "block2", "block3", "head")
+MID_WIDTHS = ("mid1", "mid2", "mid3")
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -42,9 +52,22 @@ class LPRNetConfig:
     context_divisors: tuple[int, int, int, int] = (0, 0, 0, 0)
 
     def __post_init__(self):
+        for name in (*WIDTHS, *MID_WIDTHS):
+            value, low = getattr(self, name), 0 if name in MID_WIDTHS else 1
+            if not _is_integer(value) or not low <= value <= MAX_WIDTH:
+                raise InputError(f"{name} must be an integer from {low} to {MAX_WIDTH}, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise InputError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         # Lists arrive from JSON / torch.load; keep the dataclass hashable and comparable.
         for name in ("pool1_keep", "pool2_keep", "context_divisors"):
-            object.__setattr__(self, name, tuple(int(i) for i in getattr(self, name)))
+            values = getattr(self, name)
+            if not isinstance(values, (list, tuple)) or not all(_is_integer(i) for i in values):
+                raise InputError(f"{name} must be a list of integers, got {values!r}")
+            object.__setattr__(self, name, tuple(int(i) for i in values))
+        if len(self.context_divisors) != 4 or any(not 0 <= d <= MAX_WIDTH for d in self.context_divisors):
+            raise InputError(f"context_divisors must be 4 integers from 0 to {MAX_WIDTH}, got "
+                             f"{self.context_divisors!r}")
         for name in ("pool1_keep", "pool2_keep"):
             width = self.block1 if name == "pool1_keep" else self.block3
             if any(not 0 <= i < width for i in getattr(self, name)):
@@ -65,6 +88,20 @@ class LPRNetConfig:
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values, where: str) -> LPRNetConfig:
+        """The config a file holds (`to_dict`'s form); an InputError naming `where` for anything else."""
+        if not isinstance(values, dict):
+            raise InputError(f"{where}: the model config is a {type(values).__name__}, not a dict")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(str(key) for key in values if key not in known)
+        if unknown:
+            raise InputError(f"{where}: unknown model config key(s) {', '.join(unknown)}")
+        try:
+            return cls(**values)
+        except InputError as error:
+            raise InputError(f"{where}: model config: {error}") from None
 
 
 class ChannelSelectMaxPool(nn.Module):

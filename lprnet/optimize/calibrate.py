@@ -31,7 +31,7 @@ from torch.ao.quantization.observer import HistogramObserver, PerChannelMinMaxOb
 from torch.ao.quantization.quantize_fx import prepare_fx
 
 from lprnet.errors import InputError, MissingFileError
-from lprnet.io import save_torch_atomic
+from lprnet.io import load_torch, save_torch_atomic
 from lprnet.model.data import to_network_input
 from lprnet.model.input_spec import INPUT_HEIGHT, INPUT_WIDTH
 from lprnet.model.network import LPRNet
@@ -349,7 +349,7 @@ def load_calibration(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise MissingFileError(f"{path}: no such calibration file")
     with quiet_torch_ao():
-        calibration = torch.load(path, map_location="cpu", weights_only=True)
+        calibration = load_torch(path, "calibration artifact")
     check_calibration(calibration, path)
     return calibration
 
@@ -359,7 +359,10 @@ def check_calibration(calibration, source, model: torch.nn.Module | None = None)
     if not isinstance(calibration, dict) or calibration.get("format") != FORMAT:
         found = calibration.get("format") if isinstance(calibration, dict) else type(calibration).__name__
         raise InputError(f"{source}: not a calibration artifact (format {found!r}, expected {FORMAT!r})")
-    get_method(calibration["method"])
+    try:
+        get_method(calibration.get("method"))
+    except (InputError, TypeError) as error:
+        raise InputError(f"{source}: {error}") from None
     if not isinstance(calibration.get("observers"), dict) or not calibration["observers"]:
         raise InputError(f"{source}: the calibration artifact has no observer statistics")
     if model is not None and calibration.get("model_sha256") != model_fingerprint(model):

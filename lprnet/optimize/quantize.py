@@ -28,8 +28,9 @@ from torch import nn
 from torch.ao.quantization.quantize_fx import convert_fx
 
 from lprnet.errors import InputError, MissingFileError
-from lprnet.io import save_torch_atomic
-from lprnet.model.alphabet import Alphabet, get_alphabet
+from lprnet.io import load_torch, save_torch_atomic
+from lprnet.model.alphabet import Alphabet
+from lprnet.model.checkpoint import check_config_fits, file_alphabet, pipeline_payload
 from lprnet.model.input_spec import INPUT_HEIGHT, INPUT_WIDTH
 from lprnet.model.network import LPRNet, LPRNetConfig
 from lprnet.optimize.calibrate import (
@@ -185,23 +186,25 @@ def load_quantized(path: str | os.PathLike) -> tuple[torch.fx.GraphModule, Alpha
     if not path.is_file():
         raise MissingFileError(f"{path}: no such int8 model file")
     with quiet_torch_ao():
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_torch(path, "int8 LPRNet artifact")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise InputError(f"{path}: not an int8 LPRNet artifact (format {found!r}, expected {FORMAT!r})")
-    config = LPRNetConfig(**payload["config"])
-    alphabet = get_alphabet(payload["alphabet"])
+    pipeline_payload(payload, path, ("alphabet", "config", "state_dict"))
+    config = LPRNetConfig.from_dict(payload["config"], str(path))
+    alphabet = file_alphabet(payload["alphabet"], path)
     if config.num_classes != alphabet.num_classes:
         raise InputError(f"{path}: config has {config.num_classes} classes, alphabet {alphabet.name!r} has "
                          f"{alphabet.num_classes}")
+    check_config_fits(config, path)
     # Absent in files written before layers could be kept float, which had none.
     float_layers = check_float_layers(LPRNet(config), payload.get("float_layers", []), path)
     model = rebuild_graph(config, float_layers)
     try:
         model.load_state_dict(unpack_state_dict(payload["state_dict"]), strict=True)
-    except RuntimeError as error:
+    except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as error:  # incl. a packed weight's parts
         raise InputError(f"{path}: int8 state dict does not match the rebuilt graph "
-                         f"({' '.join(str(error).splitlines()[:2])[:300]})") from None
+                         f"({type(error).__name__}: {' '.join(str(error).splitlines()[:2])[:300]})") from None
     return model.eval(), alphabet
 
 

@@ -59,6 +59,7 @@ def baseline_stage(data: str | os.PathLike, model_path: str | os.PathLike, param
     """Train or load the model for the prepared folder `data`, write it to `model_path`; returns the metrics and the
     training history (one row per validation, each also passed to `on_validation`; empty when loaded)."""
     alphabet = prepared_alphabet(data)
+    test = load_prepared(data, "test")  # every input read before the model is written
     history = []
     if params.weights:
         model, alphabet = load_model(params.weights, alphabet)
@@ -73,7 +74,7 @@ def baseline_stage(data: str | os.PathLike, model_path: str | os.PathLike, param
         history = train_ctc(model, alphabet, train, load_prepared(data, "calib"), config, on_validation=on_validation)
     save_model(model_path, model, alphabet)
     metrics = artifact_metrics(TorchPredictor(model, alphabet, bench.threads), model_path,
-                               *load_prepared(data, "test"), bench)
+                               *test, bench)
     metrics["train_steps"] = history[-1]["step"] if history else 0
     return metrics, history
 

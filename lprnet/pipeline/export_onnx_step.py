@@ -24,6 +24,7 @@ import torch
 from lprnet.compile.onnx_export import export_onnx
 from lprnet.compile.onnx_int8 import TORCH_RANGES, onnx_runtime_plan, quantize_qdq, torch_int8_plan
 from lprnet.errors import InputError
+from lprnet.io import atomic_path
 from lprnet.model.checkpoint import load_model
 from lprnet.model.data import load_prepared, to_network_input
 from lprnet.optimize.quantize import load_quantized
@@ -67,35 +68,36 @@ def float64_predictor(model: torch.nn.Module):
 def export_onnx_stage(pruned: str | os.PathLike, quantized: str | os.PathLike, calibration: str | os.PathLike,
                       data: str | os.PathLike, fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
                       params: ExportParams, bench: BenchConfig) -> tuple[dict, dict]:
-    """Write the fp32 and int8 ONNX models, check them and return their metrics (fp32, int8)."""
+    """Write the fp32 and int8 ONNX models, check them and return their metrics (fp32, int8). Every input is read
+    first, and both models appear together, only once both checks pass."""
     method = onnx_method_of(calibration)
     images, labels = load_prepared(data, "test")
-
     model, alphabet = load_model(pruned)
-    export_onnx(model, alphabet, fp32_path)
-    fp32 = OnnxRuntimePredictor(fp32_path, bench.threads)
-    difference = max_logit_difference(fp32, TorchPredictor(model, alphabet, bench.threads), images)
-    rounding = max_logit_difference(TorchPredictor(model, alphabet), float64_predictor(model), images)
-    if difference > max(params.fp32_tolerance, 2 * rounding):
-        raise InputError(f"{fp32_path}: max abs logit difference to PyTorch {difference:.2e} exceeds both "
-                         f"export_onnx.fp32_tolerance {params.fp32_tolerance:.0e} and twice PyTorch fp32's own "
-                         f"error against float64 ({rounding:.2e})")
-    fp32_metrics = {**artifact_metrics(fp32, fp32_path, images, labels, bench, source=model),
-                    "max_abs_logit_diff": difference, "torch_fp32_rounding": rounding}
-
     torch_int8_model, torch_alphabet = load_quantized(quantized)
-    if method == TORCH_RANGES:
-        plan = torch_int8_plan(onnx.load(str(fp32_path)), torch_int8_model)
-    else:
-        plan = onnx_runtime_plan(onnx.load(str(fp32_path)), Path(calibration) / "onnx_ranges.json")
-    quantize_qdq(plan, int8_path, reduce_range=params.reduce_range)
-    int8 = OnnxRuntimePredictor(int8_path, bench.threads)
-    torch_int8 = TorchPredictor(torch_int8_model, torch_alphabet, bench.threads)
-    ours, reference = predict_texts(int8, images), predict_texts(torch_int8, images)
-    agreement = float(np.mean([a == b for a, b in zip(ours, reference)]))
-    if agreement < params.int8_min_agreement:
-        raise InputError(f"{int8_path}: plates agree with the PyTorch int8 model on {agreement:.1%} of the test "
-                         f"split, below export_onnx.int8_min_agreement {params.int8_min_agreement:.0%}")
-    int8_metrics = {**artifact_metrics(int8, int8_path, images, labels, bench, source=model),
-                    "agreement_with_torch_int8": agreement}
+    with atomic_path(fp32_path) as fp32_tmp, atomic_path(int8_path) as int8_tmp:
+        export_onnx(model, alphabet, fp32_tmp)
+        fp32 = OnnxRuntimePredictor(fp32_tmp, bench.threads)
+        difference = max_logit_difference(fp32, TorchPredictor(model, alphabet, bench.threads), images)
+        rounding = max_logit_difference(TorchPredictor(model, alphabet), float64_predictor(model), images)
+        if difference > max(params.fp32_tolerance, 2 * rounding):
+            raise InputError(f"{fp32_path}: max abs logit difference to PyTorch {difference:.2e} exceeds both "
+                             f"export_onnx.fp32_tolerance {params.fp32_tolerance:.0e} and twice PyTorch fp32's own "
+                             f"error against float64 ({rounding:.2e})")
+        fp32_metrics = {**artifact_metrics(fp32, fp32_tmp, images, labels, bench, source=model),
+                        "max_abs_logit_diff": difference, "torch_fp32_rounding": rounding}
+
+        if method == TORCH_RANGES:
+            plan = torch_int8_plan(onnx.load(str(fp32_tmp)), torch_int8_model)
+        else:
+            plan = onnx_runtime_plan(onnx.load(str(fp32_tmp)), Path(calibration) / "onnx_ranges.json")
+        quantize_qdq(plan, int8_tmp, reduce_range=params.reduce_range)
+        int8 = OnnxRuntimePredictor(int8_tmp, bench.threads)
+        torch_int8 = TorchPredictor(torch_int8_model, torch_alphabet, bench.threads)
+        ours, reference = predict_texts(int8, images), predict_texts(torch_int8, images)
+        agreement = float(np.mean([a == b for a, b in zip(ours, reference)]))
+        if agreement < params.int8_min_agreement:
+            raise InputError(f"{int8_path}: plates agree with the PyTorch int8 model on {agreement:.1%} of the "
+                             f"test split, below export_onnx.int8_min_agreement {params.int8_min_agreement:.0%}")
+        int8_metrics = {**artifact_metrics(int8, int8_tmp, images, labels, bench, source=model),
+                        "agreement_with_torch_int8": agreement}
     return fp32_metrics, int8_metrics

@@ -189,6 +189,7 @@ def prune_stage(baseline: str | os.PathLike, data: str | os.PathLike, model_path
     needs_train = params.criterion == ACTIVATION or params.finetune_steps > 0
     train = load_prepared(data, "train") if needs_train else None
     validation = load_prepared(data, VALIDATION_SPLIT) if params.finetune_steps > 0 else None
+    test = load_prepared(data, "test")  # every input read before the model is written
     tried = []
     if params.ratio == AUTO:
         ratio, pruned, finetuning, tried = search_ratio(lossless, params, budget, train, validation, alphabet,
@@ -203,7 +204,7 @@ def prune_stage(baseline: str | os.PathLike, data: str | os.PathLike, model_path
     save_model(model_path, pruned, alphabet)
 
     metrics = artifact_metrics(TorchPredictor(pruned, alphabet, bench.threads), model_path,
-                               *load_prepared(data, "test"), bench)
+                               *test, bench)
     metrics.update({
         "params_ratio": metrics["params"] / before["params"],
         "macs_ratio": metrics["macs"] / before["macs"],

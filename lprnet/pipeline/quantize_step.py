@@ -193,6 +193,8 @@ def quantize_stage(pruned: str | os.PathLike, calibration: str | os.PathLike, da
     model, alphabet = load_model(pruned)
     statistics = load_calibration(Path(calibration) / "torch.pt")
     validation = load_prepared(data, VALIDATION_SPLIT)
+    images, labels = load_prepared(data, "test")  # every input read before the model is written
+    train = load_prepared(data, "train") if params.qat_steps > 0 else None
     baseline_model, _ = load_model(baseline)
     baseline_accuracy = evaluate(TorchPredictor(baseline_model, alphabet, bench.threads), *validation,
                                  bench.eval_batch)["accuracy"]
@@ -203,7 +205,6 @@ def quantize_stage(pruned: str | os.PathLike, calibration: str | os.PathLike, da
         floor = budget.int8_floor(baseline_accuracy, scorer.fp32_accuracy)
         int8_model, float_layers, val_accuracy, steps = fallback_to_floor(scorer, floor, params.float_fallback,
                                                                           report)
-        images, labels = load_prepared(data, "test")
         ptq = {}
         if params.qat_steps > 0:
             ptq = {"ptq_accuracy": evaluate(TorchPredictor(int8_model, alphabet, bench.threads), images, labels,
@@ -211,8 +212,7 @@ def quantize_stage(pruned: str | os.PathLike, calibration: str | os.PathLike, da
             prepared = prepare_qat(model, statistics, float_layers)
             config = finetune_config(params.qat_steps, params.qat_batch_size, params.qat_lr, params.seed,
                                      bench.threads)
-            train_ctc(prepared, alphabet, load_prepared(data, "train"), validation, config,
-                      on_validation=on_validation)
+            train_ctc(prepared, alphabet, train, validation, config, on_validation=on_validation)
             int8_model = convert_qat(prepared, float_modules_of(model, float_layers))
             val_accuracy = scorer.scores(int8_model)["val_accuracy"]
     save_quantized(model_path, model.config, alphabet, int8_model, statistics, float_layers)

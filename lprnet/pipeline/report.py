@@ -30,6 +30,7 @@ from lprnet.pipeline.artifacts import (
     REFERENCE,
     REFERENCE_LABEL,
     SELECT,
+    benchmark_key,
     split_benchmark,
 )
 from lprnet.pipeline.gate import GateParams, latency_allowance_ms
@@ -83,6 +84,17 @@ def rows(metrics: dict[str, dict], timings: dict[str, dict]) -> list[dict]:
             table.append({"artifact": artifact.label, "key": key, "accuracy": stage.get("accuracy"),
                           "size_bytes": stage.get("size_bytes"), **timings[key]})
     return table
+
+
+def check_rows(table: list[dict], metrics_dir: Path) -> None:
+    """Fail naming the file and key unless every row has the numbers the plots and tables compute with."""
+    for row in table:
+        for name in ("accuracy", "size_bytes", "latency_ms_p50"):
+            value = row.get(name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                stem = BENCHMARK if name.startswith("latency") else ARTIFACTS[row["key"]].metrics
+                shown = benchmark_key(row["key"], name) if stem == BENCHMARK else name
+                raise InputError(f"{metrics_dir / stem}.json: {shown} is {value!r}, not a finite number")
 
 
 def study_table(metrics: dict[str, dict], timings: dict[str, dict]) -> str:
@@ -344,6 +356,7 @@ def write_report(metrics_dir: str | os.PathLike, out: str | os.PathLike, pareto_
     Without a readable `against` (no git repository, no commit yet) the section of changes says so."""
     files = read_metrics(metrics_dir)
     table = rows(files, benchmark_results(files, Path(metrics_dir) / f"{BENCHMARK}.json")[1])
+    check_rows(table, Path(metrics_dir))
     try:
         previous = metrics_at(metrics_dir, against)
     except RevisionError as error:
@@ -351,11 +364,12 @@ def write_report(metrics_dir: str | os.PathLike, out: str | os.PathLike, pareto_
     else:
         changes_section = (changes(comparable(files), previous, noise)
                            if previous.rows or previous.not_flat else "No committed metrics to compare with.")
+    text = document(files, changes_section)  # every metric read and checked before anything is written
     out = Path(out)
     write_plot_data(table, files.get(SELECT), pareto_csv, sizes_csv)
     with atomic_path(out / "pareto.png") as pareto_png, atomic_path(out / "sizes.png") as sizes_png:
         plot(pareto_csv, sizes_csv, pareto_png, sizes_png)
-    write_text_atomic(out / "report.md", document(files, changes_section))
+    write_text_atomic(out / "report.md", text)
 
 
 def plot(pareto_csv: str | os.PathLike, sizes_csv: str | os.PathLike, path_pareto, path_sizes) -> None:

@@ -41,7 +41,7 @@ def read_metrics(folder: str | os.PathLike, rev: str | None = None) -> dict[str,
     workspace or, with `rev`, at that git revision; {} when there are none. Raises RevisionError when `rev` cannot
     be read, InputError for a file that is not a JSON object."""
     if rev is None:
-        return {path.stem: parse_metrics(path.read_text(encoding="utf-8"), str(path))
+        return {path.stem: parse_metrics(path.read_bytes(), str(path))
                 for path in sorted(Path(folder).glob("*.json")) if path.is_file()}
     import dvc.api
     from dvc.exceptions import DvcException
@@ -56,7 +56,7 @@ def read_metrics(folder: str | os.PathLike, rev: str | None = None) -> dict[str,
             return {}
         names = sorted(entry["name"] for entry in entries
                        if entry["type"] == "file" and entry["name"].endswith(".json"))
-        return {Path(name).stem: parse_metrics(fs.read_text(name, encoding="utf-8"), f"{name} at {rev!r}")
+        return {Path(name).stem: parse_metrics(fs.read_bytes(name), f"{name} at {rev!r}")
                 for name in names}
     except RevError:
         raise RevisionError(f"unknown revision {rev!r}") from None
@@ -75,9 +75,11 @@ def in_repository(folder: Path, root: Path) -> str:
     return "" if inside == Path() else inside.as_posix()
 
 
-def parse_metrics(text: str, where: str) -> dict:
+def parse_metrics(content: bytes | str, where: str) -> dict:
     try:
-        metrics = json.loads(text)
+        metrics = json.loads(content.decode("utf-8") if isinstance(content, bytes) else content)
+    except UnicodeDecodeError as error:
+        raise InputError(f"{where}: not UTF-8 text (byte {error.start})") from None
     except json.JSONDecodeError as error:
         raise InputError(f"{where}: not valid JSON ({error})") from None
     if not isinstance(metrics, dict):

@@ -130,8 +130,8 @@ def run_stage(step: str, description: str, modules, passes_key: str | None = Non
     """The body of the tvm-import, tvm-graph-passes and tvm-layout-passes stage scripts: read `tvm` and `bench`,
     load the step's modules (`modules(args)`, after the params are checked), run `compile_step` with the pass list
     `params.<passes_key>`, write each precision's metrics."""
-    args = parse_args(description, (["source"] if passes_key else []) + ["fp32", "int8", "pruned", "data", "out",
-                                                                          "metrics_fp32", "metrics_int8"])
+    args = parse_args(description, reads=(["source"] if passes_key else []) + ["fp32", "int8", "pruned", "data"],
+                      writes=["metrics_fp32", "metrics_int8"], folders=["out"])
     params = read_section(args.params, "tvm", TVMParams)
     bench = read_section(args.params, "bench", BenchConfig)
     passes = getattr(params, passes_key) if passes_key else []

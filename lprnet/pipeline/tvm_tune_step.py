@@ -100,8 +100,9 @@ def tune_stage(source: str | os.PathLike, onnx_models: dict, pruned: str | os.Pa
 def run_tune_stage(description: str) -> None:
     """The body of stages/tvm_tune.py: every section read (and checked) first, then `tune_stage`, then the metrics
     and curves written."""
-    args = parse_args(description, ["source", "fp32", "int8", "pruned", "data", "database", "out", "metrics_fp32",
-                                    "metrics_int8", "curve_fp32", "curve_int8"])
+    args = parse_args(description, reads=["source", "fp32", "int8", "pruned", "data"],
+                      writes=["metrics_fp32", "metrics_int8", "curve_fp32", "curve_int8"], folders=["out"],
+                      into=["database"])
     params = read_section(args.params, "tune", TuneParams)
     tvm_params = read_section(args.params, "tvm", TVMParams)
     bench = read_section(args.params, "bench", BenchConfig)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lprnet.errors import InputError
-from lprnet.runtime.predictor import Predictor, example_input
+from lprnet.runtime.predictor import Predictor, check_threads, example_input
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,8 @@ class BenchConfig:
     eval_batch: int
 
     def __post_init__(self):
-        for name, minimum in (("threads", 1), ("warmup", 0), ("runs", 1), ("throughput_batch", 1),
+        check_threads(self.threads, "bench.threads")
+        for name, minimum in (("warmup", 0), ("runs", 1), ("throughput_batch", 1),
                               ("throughput_runs", 1), ("eval_batch", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

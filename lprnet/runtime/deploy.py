@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 from lprnet.errors import InputError, MissingFileError
-from lprnet.model.alphabet import get_alphabet
+from lprnet.model.alphabet import ALPHABETS, get_alphabet
 from lprnet.model.input_spec import INPUT_HEIGHT, INPUT_WIDTH, PIXEL_MEAN, PIXEL_SCALE, SEQUENCE_LENGTH
 
 DEPLOY_FILE = "deploy.json"
@@ -76,8 +76,9 @@ def load_deployed(folder: str | os.PathLike, threads: int | None = None):
     manifest = read_deploy_manifest(folder)
     predictor = load_predictor(Path(folder) / manifest["artifact"], threads)
     alphabet = manifest["alphabet"]
-    if not isinstance(alphabet, dict) or get_alphabet(alphabet.get("name")).chars != alphabet.get("chars") \
-            or predictor.alphabet.name != alphabet["name"]:
+    name = alphabet.get("name") if isinstance(alphabet, dict) else None
+    if not isinstance(name, str) or name not in ALPHABETS or get_alphabet(name).chars != alphabet.get("chars") \
+            or predictor.alphabet.name != name:
         raise InputError(f"{Path(folder) / DEPLOY_FILE}: its alphabet does not match the artifact's "
                          f"({predictor.alphabet.name!r})")
     return predictor

@@ -11,6 +11,7 @@ import numpy as np
 
 from lprnet.errors import InputError
 from lprnet.model.alphabet import get_alphabet
+from lprnet.model.input_spec import INPUT_HEIGHT, INPUT_WIDTH
 
 # ONNX Runtime's QDQ propagation moves the quantize after each channel-selecting max pool above the pool, which then
 # runs on uint8 in NCHW through ONNX Runtime's scalar pooling code, a quarter of the int8 model's time under ONNX
@@ -46,8 +47,20 @@ class OnnxRuntimePredictor:
         metadata = self.session.get_modelmeta().custom_metadata_map
         if "alphabet" not in metadata:
             raise InputError(f"{path}: no 'alphabet' in the ONNX metadata (export it with lprnet.export)")
-        self.alphabet = get_alphabet(metadata["alphabet"])
-        self.input_name = self.session.get_inputs()[0].name
+        try:
+            self.alphabet = get_alphabet(metadata["alphabet"])
+        except InputError as error:
+            raise InputError(f"{path}: {error}") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 4 \
+                or list(inputs[0].shape[1:]) != [3, INPUT_HEIGHT, INPUT_WIDTH]:
+            found = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs)
+            raise InputError(f"{path}: expects input(s) {found}, not one float tensor (N, 3, {INPUT_HEIGHT}, "
+                             f"{INPUT_WIDTH})")
+        if not outputs or outputs[0].type != "tensor(float)" or len(outputs[0].shape) != 3:
+            raise InputError(f"{path}: its first output is {outputs[0].type if outputs else 'absent'}, not float "
+                             "logits (N, classes, sequence)")
+        self.input_name = inputs[0].name
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: images})[0]

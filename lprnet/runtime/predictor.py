@@ -18,6 +18,17 @@ from lprnet.errors import InputError, MissingFileError
 from lprnet.model.alphabet import Alphabet
 from lprnet.model.input_spec import INPUT_HEIGHT, INPUT_WIDTH
 
+# The most threads any runtime is asked for. An inference call on one plate cannot use more, and the runtimes do not
+# bound it themselves: PyTorch given 100000 OpenMP threads crashes the process (SIGSEGV).
+MAX_THREADS = 256
+
+
+def check_threads(value, where: str) -> int:
+    """`value` as a thread count in 1..MAX_THREADS; an InputError naming `where` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_THREADS:
+        raise InputError(f"{where} must be an integer from 1 to {MAX_THREADS}, got {value!r}")
+    return value
+
 
 class Predictor(Protocol):
     name: str
@@ -29,8 +40,16 @@ class Predictor(Protocol):
 def load_predictor(path: str | os.PathLike, threads: int | None = None, alphabet: Alphabet | None = None
                    ) -> Predictor:
     """A predictor for any artifact the pipeline writes (the deploy folder included), or an LPRNet_Pytorch state
-    dict."""
-    path = Path(path)
+    dict. `alphabet` is what a bare state dict is read with; any other artifact carries its own, which must be it."""
+    predictor = _load(Path(path), threads, alphabet)
+    if alphabet is not None and predictor.alphabet != alphabet:
+        raise InputError(f"{path}: the artifact's alphabet is {predictor.alphabet.name!r}, not {alphabet.name!r}")
+    return predictor
+
+
+def _load(path: Path, threads: int | None, alphabet: Alphabet | None) -> Predictor:
+    if threads is not None:
+        check_threads(threads, "threads")
     if not path.exists():
         raise MissingFileError(f"{path}: no such artifact")
     if path.is_dir():
@@ -53,10 +72,7 @@ def load_predictor(path: str | os.PathLike, threads: int | None = None, alphabet
     from lprnet.runtime.torch_runtime import TorchPredictor
 
     if is_quantized_artifact(path):
-        model, saved = load_quantized(path)
-        if alphabet is not None and alphabet != saved:
-            raise InputError(f"{path}: the int8 model's alphabet is {saved.name!r}, not {alphabet.name!r}")
-        return TorchPredictor(model, saved, threads)
+        return TorchPredictor(*load_quantized(path), threads)
     model, alphabet = load_model(path, alphabet)
     return TorchPredictor(model, alphabet, threads)
 

@@ -13,9 +13,10 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from lprnet.compile.tvm.artifact import MANIFEST_FILE, read_manifest, sha256_file
+from lprnet.compile.tvm.artifact import MANIFEST_FILE, check_library, read_manifest, sha256_file
 from lprnet.errors import InputError, MissingFileError
 from lprnet.model.alphabet import get_alphabet
+from lprnet.runtime.predictor import check_threads
 
 
 def configure_runtime_threads(threads: int) -> int:
@@ -27,8 +28,7 @@ def configure_runtime_threads(threads: int) -> int:
     process-wide settings, not per predictor. TVM_BIND_THREADS=0 (unless the caller set it) stops TVM pinning the
     calling thread to one core, which would also slow every other runtime in the process.
     """
-    if not isinstance(threads, int) or threads < 1:
-        raise InputError(f"threads must be a positive integer, got {threads!r}")
+    check_threads(threads, "threads")
     os.environ.setdefault("TVM_BIND_THREADS", "0")
     os.environ["TVM_NUM_THREADS"] = str(max(threads, os.cpu_count() or 1))
     affinity_big_cores = 1  # ThreadGroup::kBig, the mode TVM's pool starts in
@@ -63,13 +63,19 @@ class TVMPredictor:
         library = self.folder / self.manifest["library"]
         if not library.is_file():
             raise MissingFileError(f"{library}: the library named in the manifest is absent")
+        if not library.resolve().is_relative_to(self.folder.resolve()):
+            raise InputError(f"{library}: a link out of the artifact's folder; refusing to load it")
         if sha256_file(library) != self.manifest["library_sha256"]:
             raise InputError(f"{library}: SHA-256 does not match {MANIFEST_FILE}; refusing to load it")
+        check_library(library, self.manifest.get("target", {}))
         if self.manifest["tvm_version"] != tvm.__version__:
             # The VM bytecode and the library's ABI are not stable across TVM releases.
             raise InputError(f"{library}: built with TVM {self.manifest['tvm_version']}, this is TVM "
                              f"{tvm.__version__}; rebuild it")
-        self.alphabet = get_alphabet(self.manifest["alphabet"])
+        try:
+            self.alphabet = get_alphabet(self.manifest["alphabet"])
+        except InputError as error:
+            raise InputError(f"{self.folder / MANIFEST_FILE}: {error}") from None
         self.input_shape = tuple(self.manifest["input_shape"])
         # None leaves TVM's defaults alone (asking TVM for its count would create the pool at its default size).
         self.threads = configure_runtime_threads(threads) if threads else None

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -73,15 +75,85 @@ def is_tvm_artifact(path: str | os.PathLike) -> bool:
 
 
 def read_manifest(folder: str | os.PathLike) -> dict:
+    """The manifest of the artifact in `folder`, checked: a JSON object with every key, of the right type, whose
+    `library` is a file name inside `folder`."""
     path = Path(folder) / MANIFEST_FILE
     if not path.is_file():
         raise MissingFileError(f"{path}: no TVM artifact manifest")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: not UTF-8 JSON ({error})") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{path}: a JSON {type(manifest).__name__}, not an object")
     missing = [key for key in MANIFEST_KEYS if key not in manifest]
     if missing:
         raise InputError(f"{path}: missing {', '.join(missing)}")
     if manifest["format"] != ARTIFACT_FORMAT:
         raise InputError(f"{path}: artifact format {manifest['format']!r}, this code reads {ARTIFACT_FORMAT}")
+    library = manifest["library"]
+    if not isinstance(library, str) or not library or Path(library).name != library or library in (".", ".."):
+        raise InputError(f"{path}: library {library!r} is not a file name in its folder")
+    for key in ("library_sha256", "alphabet", "tvm_version"):
+        if not isinstance(manifest[key], str):
+            raise InputError(f"{path}: {key} {manifest[key]!r} is not a string")
+    for key in ("input_shape", "output_shape"):
+        shape = manifest[key]
+        if not isinstance(shape, list) or len(shape) < 2 or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
+            raise InputError(f"{path}: {key} {shape!r} is not a list of positive integers")
+    if not isinstance(manifest.get("target", {}), dict):
+        raise InputError(f"{path}: target {manifest['target']!r} is not a dict")
     return manifest
 
 
+# ELF e_machine of LLVM's target architectures (the triple's first part), for the ones an artifact may be built for.
+ELF_MACHINES = {"x86_64": 62, "i386": 3, "aarch64": 183, "arm": 40, "thumb": 40, "riscv64": 243, "riscv32": 243,
+                "powerpc64": 21, "powerpc64le": 21, "powerpc": 20, "s390x": 22, "mips": 8, "mipsel": 8,
+                "mips64": 8, "mips64el": 8, "loongarch64": 258, "sparcv9": 43}
+ELF_DYN = 3  # e_type of a shared object
+
+
+def target_arch(target: dict) -> str:
+    """The architecture an llvm target compiles for: its mtriple's first part, or this machine's."""
+    triple = target.get("mtriple") or tvm.target.codegen.llvm_get_system_triple()
+    arch = str(triple).split("-")[0]
+    return "i386" if re.fullmatch(r"i[3-7]86", arch) else arch
+
+
+def check_library(library: Path, target: dict) -> None:
+    """Fail unless `library` is a whole ELF shared object (every header, segment and section inside the file) for
+    `target`'s architecture: TVM maps it into the process, and a truncated or foreign file crashes it (SIGBUS)
+    instead of failing."""
+    data = library.read_bytes()
+    size = len(data)
+
+    def refuse(why: str):
+        raise InputError(f"{library}: not a whole shared library for this artifact's target ({why})")
+
+    if size < 64 or data[:4] != b"\x7fELF" or data[4] not in (1, 2) or data[5] not in (1, 2):
+        refuse("no ELF header")
+    wide, order = data[4] == 2, "<" if data[5] == 1 else ">"
+    header = struct.unpack_from(order + ("HHIQQQIHHHHHH" if wide else "HHIIIIIHHHHHH"), data, 16)
+    e_type, e_machine, _, _, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum, _ = header
+    if e_type != ELF_DYN:
+        refuse(f"ELF type {e_type}, not a shared object")
+    expected = ELF_MACHINES.get(target_arch(target)) if target.get("kind", "llvm") == "llvm" else None
+    if expected is not None and e_machine != expected:
+        refuse(f"ELF machine {e_machine}, the target's {target_arch(target)} is {expected}")
+    if phnum == 0 or phentsize < (56 if wide else 32) or (shnum and shentsize < (64 if wide else 40)):
+        refuse("malformed header tables")
+    if phoff + phnum * phentsize > size or shoff + shnum * shentsize > size:
+        refuse(f"its header tables end past the file's {size} bytes")
+    for i in range(phnum):  # a segment's bytes are what the loader maps
+        if wide:
+            p_type, _, p_offset, _, _, p_filesz = struct.unpack_from(order + "IIQQQQ", data, phoff + i * phentsize)
+        else:
+            p_type, p_offset, _, _, p_filesz = struct.unpack_from(order + "IIIII", data, phoff + i * phentsize)
+        if p_type == 1 and p_offset + p_filesz > size:  # PT_LOAD
+            refuse(f"segment {i} ends past the file's {size} bytes")
+    for i in range(shnum):
+        fields = struct.unpack_from(order + ("IIQQQQ" if wide else "IIIIII"), data, shoff + i * shentsize)
+        sh_type, sh_offset, sh_size = fields[1], fields[4], fields[5]
+        if sh_type != 8 and sh_offset + sh_size > size:  # SHT_NOBITS (.bss) takes no bytes
+            refuse(f"section {i} ends past the file's {size} bytes")

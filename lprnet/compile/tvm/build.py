@@ -8,6 +8,7 @@ memory planning, VM lowering) and nothing else, so every optimisation is one of 
 from __future__ import annotations
 
 import json
+import re
 
 import tvm
 from tvm import relax
@@ -28,7 +29,7 @@ def _one_line(error: Exception) -> str:
 def parse_target(target: dict) -> tvm.target.Target:
     """TVM's Target for a JSON dict such as {"kind": "llvm", "mcpu": "znver3"}; a one-line ValueError if TVM would
     not parse it or LLVM does not know its mcpu (TVM itself accepts an unknown mcpu, logs an error and compiles for
-    a generic CPU). An explicit "mtriple" is passed through unchecked."""
+    a generic CPU). An explicit "mtriple" must name an architecture LLVM has a target for."""
     if not isinstance(target, dict):
         raise InputError(f"target {target!r}: expected a dict such as {{'kind': 'llvm'}}")
     described = json.dumps(target, sort_keys=True)
@@ -36,6 +37,13 @@ def parse_target(target: dict) -> tvm.target.Target:
         parsed = tvm.target.Target(target)
     except (ValueError, TypeError, tvm.error.InternalError) as error:
         raise InputError(f"target {described}: TVM cannot parse it ({_one_line(error)})") from None
+    if parsed.kind.name == "llvm" and "mtriple" in target:
+        arch = str(target["mtriple"]).split("-")[0]
+        arch = "i386" if re.fullmatch(r"i[3-7]86", arch) else arch
+        known = {str(name) for name in tvm.target.codegen.llvm_get_targets()}
+        if not any(arch.startswith(name) for name in known):  # e.g. armv7a is arm's
+            raise InputError(f"target {described}: LLVM has no target for the mtriple's architecture {arch!r}; "
+                             f"known: {', '.join(sorted(known))}")
     # Only for the host's triple: LLVM's CPU list for a triple it cannot parse crashes the process (TVM 0.27).
     if parsed.kind.name == "llvm" and "mtriple" not in target and "mcpu" in target:
         # Asked of a bare llvm target: with the unknown mcpu itself LLVM logs an error before answering.
