@@ -219,16 +219,24 @@ def int8_except_float_parts(qconfig: QConfig, float_modules: tuple[str, ...] = (
     return mapping
 
 
+def in_float_modules(name: str) -> bool:
+    """Whether the module `name` is (in) one of FLOAT_MODULES, whose arithmetic is float in every int8 model."""
+    return any(name == part or name.startswith(part + ".") for part in FLOAT_MODULES)
+
+
 def int8_layers(model: LPRNet) -> dict[str, tuple[str, ...]]:
-    """The layers that compute on int8 values unless kept float, by module name in forward order, each with the
-    modules that take its precision: convolutions (fused with their batch norm and ReLU, so keeping one float keeps
-    the three) and max pools outside FLOAT_MODULES. A dropout (identity at inference, whose output is int8 when its
+    """The layers the int8 fallback can keep float, by module name in forward order, each with the modules that take
+    its precision: convolutions (fused with their batch norm and ReLU, so keeping one float keeps the three) and max
+    pools, which compute on int8 values; and the convolutions of FLOAT_MODULES, which compute in float with int8
+    weights (kept float: with their float weights). A dropout (identity at inference, whose output is int8 when its
     input is) goes with the layer before it, so that keeping a layer float never leaves a requantization in front
-    of a dropout, which the ONNX export has no node for."""
+    of a dropout, which the ONNX export has no node for. With every layer float the model is the float model."""
     layers: dict[str, tuple[str, ...]] = {}
     last = None
     for name, module in model.named_modules():
-        if any(name == part or name.startswith(part + ".") for part in FLOAT_MODULES):
+        if in_float_modules(name):
+            if isinstance(module, torch.nn.Conv2d):
+                layers[name], last = (name,), None
             continue
         if isinstance(module, (torch.nn.Conv2d, torch.nn.MaxPool2d)):
             layers[name], last = (name,), name

@@ -38,7 +38,7 @@ from lprnet.errors import InputError
 from lprnet.model.checkpoint import load_model
 from lprnet.model.data import load_prepared
 from lprnet.model.network import LPRNet
-from lprnet.optimize.calibrate import float_modules_of, int8_layers, load_calibration
+from lprnet.optimize.calibrate import float_modules_of, in_float_modules, int8_layers, load_calibration
 from lprnet.optimize.qat import convert_qat, prepare_qat
 from lprnet.optimize.quantize import load_quantized, quantize, save_quantized
 from lprnet.optimize.train import OnValidation, finetune_config, train_ctc
@@ -130,11 +130,11 @@ class ValidationScorer:
 
 
 def float_macs_share(model: LPRNet, float_layers: tuple[str, ...]) -> float:
-    """The share of `model`'s convolution MACs computed in float when `float_layers` are kept float (with the
-    convolutions calibrate.FLOAT_MODULES always keeps float)."""
+    """The share of `model`'s convolution MACs computed in float arithmetic when `float_layers` are kept float: those
+    and the convolutions of calibrate.FLOAT_MODULES, which compute in float in every int8 model."""
     macs = conv_macs(model)
-    int8 = set(int8_layers(model)) - set(float_layers)
-    return sum(count for layer, count in macs.items() if layer not in int8) / sum(macs.values())
+    return sum(count for layer, count in macs.items()
+               if layer in float_layers or in_float_modules(layer)) / sum(macs.values())
 
 
 def fallback_to_floor(scorer: ValidationScorer, floor: float, enabled: bool, report) -> tuple:
