@@ -62,14 +62,17 @@ def test_label_fine_tuning_adds_the_distillation_term_only_with_a_positive_alpha
     assert {"finetune_val_accuracy_start", "finetune_val_accuracy", "finetune_kept_step"} <= set(metrics)
 
 
-@pytest.mark.parametrize("temperature", [0, -1, float("nan")])
+@pytest.mark.parametrize(("temperature", "message"), [
+    (0, "prune.distill_temperature must be positive, got 0.0"),
+    (-1, "prune.distill_temperature must be positive, got -1.0"),
+    (float("nan"), "prune.distill_temperature: expected a finite number, got nan"),  # params.py, for every key
+])
 def test_a_bad_distillation_temperature_is_a_one_line_error_without_output(tmp_path, random_model, latin,
-                                                                           images_and_labels, temperature):
+                                                                           images_and_labels, temperature, message):
     result = run_prune_stage(tmp_path, random_model, latin, images_and_labels, distill=True,
                              distill_temperature=temperature)
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1].endswith(f"prune.distill_temperature must be positive, got "
-                                                            f"{float(temperature)!r}")
+    assert result.stderr.strip().splitlines()[-1].endswith(message)
     assert not (tmp_path / "pruned.pt").exists() and not (tmp_path / "metrics.json").exists()
 
 
@@ -125,7 +128,7 @@ def test_an_explicit_ratio_writes_its_one_row_checked_against_the_budget(tmp_pat
     ({"auto_ratios": [0.2, 1.0]}, {}, "prune.auto_ratios must be"),
     ({"auto_ratios": 0.3}, {}, "prune.auto_ratios must be"),
     ({}, {"prune_share": 0}, "budget.prune_share must be a share of the budget in (0, 1], got 0"),
-    ({}, {"prune_share": float("nan")}, "budget.prune_share must be"),
+    ({}, {"prune_share": float("nan")}, "budget.prune_share: expected a finite number, got nan"),
 ])
 def test_bad_search_settings_are_one_line_errors_without_output(tmp_path, random_model, latin, images_and_labels,
                                                                  overrides, budget, message):
