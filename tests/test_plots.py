@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 PLOTS = {
     "training-accuracy": "Validation plate accuracy while training (calib split), per stage",
     "training-loss": "Training loss, mean over the steps since the previous validation, per stage",
-    "prune-search": "prune.ratio auto: validation accuracy of each ratio tried, fine-tuned",
+    "prune-search": "prune.ratio: validation accuracy of each ratio tried (auto) or set, fine-tuned",
     "quantize-fallback": "int8 float fallback: validation accuracy of each split tried",
     "tuning": "MetaSchedule tuning: estimated kernel time of the best schedules so far",
     "latency": "Batch-1 latency per artifact (dot p50, bar to p90)",
