@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
+import runpy
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -19,29 +20,40 @@ from lprnet.model.data import save_split
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_prune_stage(tmp_path: Path, model, latin, images_and_labels, budget: dict | None = None,
-                    **overrides) -> subprocess.CompletedProcess:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["prune"].update(overrides)
-    params["budget"].update(budget or {})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    data = tmp_path / "data"
-    data.mkdir(exist_ok=True)
-    images, labels = images_and_labels
-    for split, (start, stop) in {"train": (0, 16), "calib": (16, 24), "test": (16, 24)}.items():
-        save_split(data / f"{split}.npz", images[start:stop], labels[start:stop])
-    (data / "alphabet.json").write_text(json.dumps({"alphabet": latin.name}))
-    save_model(tmp_path / "baseline.pt", model, latin)
-    return subprocess.run([sys.executable, str(REPO / "stages/prune.py"), "--params", str(tmp_path / "params.yaml"),
-                           "--baseline", str(tmp_path / "baseline.pt"), "--data", str(data),
-                           "--model", str(tmp_path / "pruned.pt"), "--metrics", str(tmp_path / "metrics.json"),
-                           "--search", str(tmp_path / "search.csv"), "--live", str(tmp_path / "training")],
-                          capture_output=True, text=True)
+@pytest.fixture
+def run_prune_stage(tmp_path, random_model, latin, images_and_labels, monkeypatch, capsys):
+    """Run stages/prune.py in this process (a subprocess would import torch again, seconds per case) on a tiny split
+    of the random model, with params.yaml's prune and budget sections updated; returns its exit code and stderr."""
+
+    def run(budget: dict | None = None, **overrides) -> SimpleNamespace:
+        params = yaml.safe_load((REPO / "params.yaml").read_text())
+        params["prune"].update(overrides)
+        params["budget"].update(budget or {})
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        data = tmp_path / "data"
+        data.mkdir(exist_ok=True)
+        images, labels = images_and_labels
+        for split, (start, stop) in {"train": (0, 16), "calib": (16, 24), "test": (16, 24)}.items():
+            save_split(data / f"{split}.npz", images[start:stop], labels[start:stop])
+        (data / "alphabet.json").write_text(json.dumps({"alphabet": latin.name}))
+        save_model(tmp_path / "baseline.pt", random_model, latin)
+        monkeypatch.setattr(sys, "argv", [
+            "stages/prune.py", "--params", str(tmp_path / "params.yaml"), "--baseline", str(tmp_path / "baseline.pt"),
+            "--data", str(data), "--model", str(tmp_path / "pruned.pt"), "--metrics", str(tmp_path / "metrics.json"),
+            "--search", str(tmp_path / "search.csv"), "--live", str(tmp_path / "training")])
+        capsys.readouterr()
+        try:
+            runpy.run_path(str(REPO / "stages/prune.py"), run_name="__main__")
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code
+        return SimpleNamespace(returncode=code, stderr=capsys.readouterr().err)
+
+    return run
 
 
-def test_distilled_fine_tuning_validates_and_reports_like_label_fine_tuning(tmp_path, random_model, latin,
-                                                                          images_and_labels):
-    result = run_prune_stage(tmp_path, random_model, latin, images_and_labels, ratio=0.5, finetune_steps=4,
+def test_distilled_fine_tuning_validates_and_reports_like_label_fine_tuning(tmp_path, run_prune_stage):
+    result = run_prune_stage(ratio=0.5, finetune_steps=4,
                              batch_size=8, distill=True, distill_temperature=3.0)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -51,10 +63,9 @@ def test_distilled_fine_tuning_validates_and_reports_like_label_fine_tuning(tmp_
 
 
 @pytest.mark.parametrize(("distill_alpha", "progress"), [(1.0, "train+distill"), (0.0, "train:")])
-def test_label_fine_tuning_adds_the_distillation_term_only_with_a_positive_alpha(tmp_path, random_model, latin,
-                                                                                  images_and_labels, distill_alpha,
-                                                                                  progress):
-    result = run_prune_stage(tmp_path, random_model, latin, images_and_labels, ratio=0.5, finetune_steps=4,
+def test_label_fine_tuning_adds_the_distillation_term_only_with_a_positive_alpha(tmp_path, run_prune_stage,
+                                                                                  distill_alpha, progress):
+    result = run_prune_stage(ratio=0.5, finetune_steps=4,
                              batch_size=8, distill=False, distill_alpha=distill_alpha)
     assert result.returncode == 0, result.stderr
     assert progress in result.stderr  # train_ctc's progress bar names the loss
@@ -67,35 +78,34 @@ def test_label_fine_tuning_adds_the_distillation_term_only_with_a_positive_alpha
     (-1, "prune.distill_temperature must be positive, got -1.0"),
     (float("nan"), "prune.distill_temperature: expected a finite number, got nan"),  # params.py, for every key
 ])
-def test_a_bad_distillation_temperature_is_a_one_line_error_without_output(tmp_path, random_model, latin,
-                                                                           images_and_labels, temperature, message):
-    result = run_prune_stage(tmp_path, random_model, latin, images_and_labels, distill=True,
+def test_a_bad_distillation_temperature_is_a_one_line_error_without_output(tmp_path, run_prune_stage, temperature,
+                                                                           message):
+    result = run_prune_stage(distill=True,
                              distill_temperature=temperature)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].endswith(message)
     assert not (tmp_path / "pruned.pt").exists() and not (tmp_path / "metrics.json").exists()
 
 
-def test_distillation_without_fine_tuning_steps_is_refused(tmp_path, random_model, latin, images_and_labels):
-    result = run_prune_stage(tmp_path, random_model, latin, images_and_labels, distill=True, finetune_steps=0)
+def test_distillation_without_fine_tuning_steps_is_refused(tmp_path, run_prune_stage):
+    result = run_prune_stage(distill=True, finetune_steps=0)
     assert result.returncode != 0 and "prune.finetune_steps is 0" in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "pruned.pt").exists()
 
 
 @pytest.mark.parametrize("round_to", [0, -16])
-def test_a_bad_round_to_is_a_one_line_error_without_output(tmp_path, random_model, latin, images_and_labels,
+def test_a_bad_round_to_is_a_one_line_error_without_output(tmp_path, run_prune_stage,
                                                            round_to):
-    result = run_prune_stage(tmp_path, random_model, latin, images_and_labels, round_to=round_to)
+    result = run_prune_stage(round_to=round_to)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].endswith(f"prune.round_to must be a positive integer, got {round_to}")
     assert not (tmp_path / "pruned.pt").exists()
 
 
-def test_ratio_auto_searches_against_the_budget_and_lists_each_ratio_tried(tmp_path, random_model, latin,
-                                                                           images_and_labels):
+def test_ratio_auto_searches_against_the_budget_and_lists_each_ratio_tried(tmp_path, run_prune_stage):
     """A random model reads no plate (0 % before and after pruning), so every ratio keeps any share of the budget:
     the bisection climbs to the largest ratio in three fine-tunings (0.3, 0.5, 0.6)."""
-    result = run_prune_stage(tmp_path, random_model, latin, images_and_labels, ratio="auto", finetune_steps=2,
+    result = run_prune_stage(ratio="auto", finetune_steps=2,
                              batch_size=8, auto_ratios=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -107,10 +117,9 @@ def test_ratio_auto_searches_against_the_budget_and_lists_each_ratio_tried(tmp_p
     assert int(rows[-1]["macs"]) == metrics["macs"]
 
 
-def test_an_explicit_ratio_writes_its_one_row_checked_against_the_budget(tmp_path, random_model, latin,
-                                                                         images_and_labels):
+def test_an_explicit_ratio_writes_its_one_row_checked_against_the_budget(tmp_path, run_prune_stage):
     """No search, but the same check on validation: a random model reads 0 % before and after, within any share."""
-    result = run_prune_stage(tmp_path, random_model, latin, images_and_labels, ratio=0.5, finetune_steps=0)
+    result = run_prune_stage(ratio=0.5, finetune_steps=0)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["ratio"] == 0.5
@@ -130,9 +139,9 @@ def test_an_explicit_ratio_writes_its_one_row_checked_against_the_budget(tmp_pat
     ({}, {"prune_share": 0}, "budget.prune_share must be a share of the budget in (0, 1], got 0"),
     ({}, {"prune_share": float("nan")}, "budget.prune_share: expected a finite number, got nan"),
 ])
-def test_bad_search_settings_are_one_line_errors_without_output(tmp_path, random_model, latin, images_and_labels,
+def test_bad_search_settings_are_one_line_errors_without_output(tmp_path, run_prune_stage,
                                                                  overrides, budget, message):
-    result = run_prune_stage(tmp_path, random_model, latin, images_and_labels, budget=budget, **overrides)
+    result = run_prune_stage(budget=budget, **overrides)
     assert result.returncode == 1 and message in result.stderr.strip().splitlines()[-1], result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "pruned.pt").exists() and not (tmp_path / "search.csv").exists()
