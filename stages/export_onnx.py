@@ -1,7 +1,7 @@
 """DVC stage `export-onnx`: the pruned fp32 model and its int8 QDQ form as ONNX, checked against their sources.
 
 fp32: a dynamic batch axis, ONNX Runtime's logits within `export_onnx.fp32_tolerance` of PyTorch's on the test split
-(or within twice PyTorch fp32's own error against float64). int8: ONNX Runtime's quantize_static over that graph,
+(or within 16 times PyTorch fp32's own error against float64). int8: ONNX Runtime's quantize_static over that graph,
 with the PyTorch int8 model's ranges (`calibrate.onnx_method: torch`) or the calibrate stage's ONNX Runtime ranges;
 its plates must agree with the PyTorch int8 model's on `export_onnx.int8_min_agreement` of the test split.
 The work: lprnet/pipeline/export_onnx_step.py.

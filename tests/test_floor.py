@@ -64,7 +64,7 @@ def test_the_measured_fp32_peak_bounds_a_real_dense_kernel_from_above():
     assert measured.fp32_macs_per_instruction in (8, 16) and measured.int8_macs_per_instruction in (32, 64)
     reference = sgemm_gmacs()
     assert reference <= measured.fp32_gmacs_one_thread <= 5 * reference
-    assert measured.int8_gmacs_one_thread > measured.fp32_gmacs_one_thread  # 4 MACs per lane per vpdpbusd
+    assert measured.int8_gmacs_one_thread > measured.fp32_gmacs_one_thread  # 4 MACs per int32 lane per step
 
 
 def test_without_a_compiler_it_fails_with_one_line_naming_it(monkeypatch):

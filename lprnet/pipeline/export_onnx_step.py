@@ -1,8 +1,9 @@
 """The export-onnx stage's work: the pruned fp32 model and its int8 QDQ form as ONNX, each checked against its source.
 
 fp32: exported with a dynamic batch axis; fails unless ONNX Runtime's logits are within `fp32_tolerance` of
-PyTorch's on the test split or, for models with large logits, within twice PyTorch fp32's own error against
-float64 (both runtimes round; an export bug shows as errors far above that).
+PyTorch's on the test split or, for models with large logits, within ROUNDING_FACTOR times PyTorch fp32's own error
+against float64 (both runtimes round, each in its own summation order; an export bug shows as errors of the logits'
+own scale, thousands of times above that).
 int8: ONNX Runtime's quantize_static over that fp32 graph. With `calibrate.onnx_method: torch` it takes the PyTorch
 int8 model's own activation ranges and float parts, so that it is the `quantize` artifact as a QDQ graph;
 otherwise ONNX Runtime's ranges from the calibrate stage (no new calibration). Its plate predictions are compared
@@ -34,6 +35,11 @@ from lprnet.runtime.evaluate import predict_texts
 from lprnet.runtime.metrics import artifact_metrics
 from lprnet.runtime.onnx_runtime import OnnxRuntimePredictor
 from lprnet.runtime.torch_runtime import TorchPredictor
+
+# Two fp32 kernels that sum in different orders err by the same magnitude but not the same amount: ONNX Runtime's AVX2
+# kernels (a CPU without AVX-512) erred 6.6x as much as PyTorch against float64 on an untrained model with logits up
+# to 66 (9.9e-5 against 1.5e-5); with AVX-512, under 2x.
+ROUNDING_FACTOR = 16
 
 
 @dataclass(frozen=True)
@@ -79,10 +85,10 @@ def export_onnx_stage(pruned: str | os.PathLike, quantized: str | os.PathLike, c
         fp32 = OnnxRuntimePredictor(fp32_tmp, bench.threads)
         difference = max_logit_difference(fp32, TorchPredictor(model, alphabet, bench.threads), images)
         rounding = max_logit_difference(TorchPredictor(model, alphabet), float64_predictor(model), images)
-        if difference > max(params.fp32_tolerance, 2 * rounding):
+        if difference > max(params.fp32_tolerance, ROUNDING_FACTOR * rounding):
             raise InputError(f"{fp32_path}: max abs logit difference to PyTorch {difference:.2e} exceeds both "
-                             f"export_onnx.fp32_tolerance {params.fp32_tolerance:.0e} and twice PyTorch fp32's own "
-                             f"error against float64 ({rounding:.2e})")
+                             f"export_onnx.fp32_tolerance {params.fp32_tolerance:.0e} and {ROUNDING_FACTOR} times "
+                             f"PyTorch fp32's own error against float64 ({rounding:.2e})")
         fp32_metrics = {**artifact_metrics(fp32, fp32_tmp, images, labels, bench, source=model),
                         "max_abs_logit_diff": difference, "torch_fp32_rounding": rounding}
 
