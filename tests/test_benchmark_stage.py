@@ -12,7 +12,7 @@ from lprnet.pipeline.artifacts import ARTIFACTS, REFERENCE, split_benchmark
 from lprnet.pipeline.revision import comparable
 from lprnet.runtime import bench
 from lprnet.runtime.bench import BenchConfig
-from lprnet.runtime.floor import Floor
+from lprnet.runtime.floor import Floor, cpu_description
 from tests.conftest import params_from_repo
 
 # Seconds per call of each fake artifact, whatever the batch.
@@ -82,7 +82,8 @@ def test_each_artifact_has_its_source_models_macs_and_its_share_of_its_precision
 def test_the_metrics_are_flat_and_read_back_as_one_row_per_artifact(models):
     results, floor = benchmark.benchmark_artifacts(models, config())
     metrics = benchmark.benchmark_metrics(results, floor, config())
-    assert all(isinstance(value, (int, float)) for value in metrics.values())
+    assert metrics["cpu"] == cpu_description()  # the one string: latencies from other CPUs are not comparable
+    assert all(isinstance(value, (int, float)) for key, value in metrics.items() if key != "cpu")
     assert metrics["threads"] == config().threads and metrics["runs"] == 10 and metrics["throughput_batch"] == 4
     assert metrics["ort_fp32_latency_ms_p50"] == results["ort_fp32"]["latency_ms_p50"]
     assert metrics["floor_fp32_gmacs"] == 100.0 and metrics["floor_int8_gmacs_one_thread"] == 400.0

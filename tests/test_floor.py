@@ -81,3 +81,25 @@ def test_a_bad_thread_count_is_named():
 
 def test_the_unroll_and_chain_counts_reach_the_c_source():
     assert floor.C_SOURCE.count("%[c") == CHAINS and "floor_unroll(void) { return UNROLL; }" in floor.C_SOURCE
+
+
+ZEN3 = "processor\t: 0\nmodel name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 1\nflags\t\t: fpu avx avx2 fma\n\n" \
+       "processor\t: 1\nmodel name\t: other\n"
+ZEN5 = "processor\t: 0\nmodel name\t: AMD EPYC 9B45\ncpu family\t: 26\nmodel\t\t: 2\n" \
+       "flags\t\t: avx2 avx512f avx512_vnni\n"
+
+
+@pytest.mark.parametrize(("cpuinfo", "expected"), [
+    (ZEN3, "AMD EPYC, x86_64 family 25 model 1, AVX2 + FMA, no AVX-512"),
+    (ZEN5, "AMD EPYC 9B45, x86_64 family 26 model 2, AVX-512 with VNNI"),
+])
+def test_the_cpu_is_named_with_its_family_and_vector_extensions(tmp_path, monkeypatch, cpuinfo, expected):
+    """Latencies from CPUs of other families are not comparable; the benchmark's metrics and the report name it."""
+    monkeypatch.setattr(floor.platform, "machine", lambda: "x86_64")
+    (tmp_path / "cpuinfo").write_text(cpuinfo)
+    assert floor.cpu_description(tmp_path / "cpuinfo") == expected
+
+
+def test_without_proc_cpuinfo_the_cpu_is_the_platforms_processor(tmp_path, monkeypatch):
+    monkeypatch.setattr(floor.platform, "processor", lambda: "some ARM core")
+    assert floor.cpu_description(tmp_path / "missing") == "some ARM core"

@@ -103,6 +103,11 @@ def test_the_document_reads_the_flat_benchmark_file():
     benchmark["ort_fp32"] |= {"latency_ms_p90": 1.9, "throughput_ips": 777.0}
     text = report.document({**metrics, "benchmark": flat_benchmark({"threads": 2, "runs": 100}, benchmark)}, "none")
     assert "after warm-up, 2 threads, 100 interleaved samples per" in text
+    assert "(stage `benchmark`). Accuracy" in text  # no CPU in this benchmark.json: none named
+    named = report.document({**metrics, "benchmark": flat_benchmark(
+        {"cpu": "AMD EPYC, x86_64 family 25 model 1, AVX2 + FMA, no AVX-512", "threads": 2, "runs": 100}, benchmark)},
+        "none")
+    assert "(stage `benchmark`), on AMD EPYC, x86_64 family 25 model 1, AVX2 + FMA, no AVX-512. Accuracy" in named
     assert "ONNX Runtime fp32 on the unpruned baseline: 1.80 ms." in text
     assert "| ONNX Runtime fp32 | 97.5 % | 1.20 | 1.90 | 777 | 1.00 | 1.00 | - |" in text
     assert text.endswith("## Changes since the previous commit\n\nnone\n")

@@ -6,7 +6,7 @@ the PyTorch fp32 baseline's, ONNX Runtime fp32's on the same (pruned) model and 
 baseline, which is exported here, as the reference the notebook study used (artifacts.RATIOS). The results are
 written as flat metrics (artifacts.py has the key scheme) and as a CSV for `dvc plots`.
 
-Against the hardware floor: this CPU's fp32 FMA and int8 `vpdpbusd` peaks at `bench.threads` (runtime/floor.py)
+Against the hardware floor: this CPU's fp32 FMA and int8 multiply-add peaks at `bench.threads` (runtime/floor.py)
 are measured before the artifacts and again after them (the best of both is kept: load elsewhere on the machine
 only lowers a peak), and each artifact's row gets its MACs (those of the PyTorch model it was made from, counted
 by runtime/metrics.py's `count_macs`, as the stages' `macs`), the G-MAC/s it achieves at its batch-1 p50, and
@@ -34,7 +34,7 @@ from lprnet.pipeline.artifacts import (
     flat_benchmark,
 )
 from lprnet.runtime.bench import BenchConfig, interleaved_latency, throughput
-from lprnet.runtime.floor import Floor, measure_floor
+from lprnet.runtime.floor import Floor, cpu_description, measure_floor
 from lprnet.runtime.metrics import count_macs
 from lprnet.runtime.predictor import load_predictor
 
@@ -98,7 +98,8 @@ def best_floor(*floors: Floor) -> Floor:
 
 def benchmark_metrics(results: dict[str, dict], floor: Floor, bench: BenchConfig) -> dict:
     """metrics/benchmark.json: the run's settings and the floor, then `results` as flat keys."""
-    settings = {"threads": bench.threads, "runs": bench.runs, "throughput_batch": bench.throughput_batch}
+    settings = {"cpu": cpu_description(), "threads": bench.threads, "runs": bench.runs,
+                "throughput_batch": bench.throughput_batch}
     for precision, key in FLOOR_KEYS.items():
         settings[key] = floor.peak(precision)
         settings[f"{key}_one_thread"] = getattr(floor, f"{precision}_gmacs_one_thread")

@@ -201,6 +201,32 @@ double floor_run(int int8, int threads, long iterations, double *sink) {
 """
 
 
+def cpu_description(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
+    """This CPU as a line for the benchmark's metrics and report, e.g. "AMD EPYC, x86-64 family 25 model 1, AVX2 + FMA,
+    no AVX-512", from `cpuinfo` (Linux); the platform's processor string elsewhere. Figures measured on CPUs of other
+    families are not comparable: the project's runs have met Zen 3 (AVX2) and Zen 5 (AVX-512 with VNNI) machines."""
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first logical CPU's block describes them all
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    if "avx512f" in flags:
+        isa = "AVX-512 with VNNI" if "avx512_vnni" in flags else "AVX-512, no VNNI"
+    elif "avx2" in flags:
+        isa = "AVX2 + FMA, AVX-VNNI" if "avx_vnni" in flags else "AVX2 + FMA, no AVX-512"
+    else:
+        isa = "no AVX2"
+    family = f"family {fields['cpu family']} model {fields['model']}" if "cpu family" in fields and "model" in fields \
+        else "family unknown"
+    return f"{fields.get('model name', platform.processor() or 'unknown CPU')}, {platform.machine()} {family}, {isa}"
+
+
 class FloorUnavailable(InputError):
     """This machine cannot run the floor's kernel: no C compiler, or not x86-64 with AVX2; the message says which."""
 
