@@ -7,7 +7,7 @@ import pytest
 
 from lprnet.__main__ import main
 from lprnet.runtime import profile
-from lprnet.runtime.floor import FP32, Floor
+from lprnet.runtime.floor import FP32, Floor, cpu_description
 from tests.tiny_onnx import SLOW_CONV_MACS, tiny_onnx
 
 pytest.importorskip("onnxruntime")
@@ -38,6 +38,7 @@ def test_the_page_shares_add_up_and_rates_are_against_the_peak():
     peaks = Floor(2, 200.0, 800.0, 100.0, 400.0, 16, 64)
     page = profile.render(profile.Profile("m", "tvm", 2, 3, 5e-5, kernels), peaks, "python -m lprnet profile m", top=2)
     assert "p50 of a call: **50 µs**; the kernels timed one by one sum to 40 µs (3 kernels" in page
+    assert f"This CPU ({cpu_description()}): its peaks at 2 threads" in page
     assert "2 kernels, **75.0 % of the kernel time**; the fp32 convolutions: `conv_a` (50.0 %)." in page
     assert "| conv | fp32 | 1 | 20.0 | 50.0 % | 2.00 | 100.0 | 50.0 % |" in page
     assert "| `conv_b` | conv | int8 | 10.0 | 25.0 % | 4.00 | 400.0 | 50.0 % |" not in page  # third slowest, top=2
