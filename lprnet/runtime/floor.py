@@ -15,10 +15,10 @@ thread runs a loop of inline-assembly multiply-accumulates on registers only:
 Why it is an honest peak. The loop body is CHAINS independent accumulators, each one instruction per iteration, so
 no instruction waits for the previous result of its own chain while the others issue: 12 chains cover a latency of
 up to 6 cycles on two pipes (current x86 cores: FMA latency 4, two FMA pipes, and the same for VNNI). Per core and
-cycle that is 16 fp32 lanes x 2 FMA pipes = 32 fp32 MACs where both pipes are 512 bits wide (Zen 5, which LLVM
-detects this project's EPYC as, `mcpu` znver5; Intel server cores), and 16 where each zmm operation is split into
-two 256-bit halves (Zen 4); `vpdpbusd` on zmm does 4x the fp32 count. This machine reads 135-143 G-MAC/s fp32 on
-one thread, which is 32 MACs a cycle at 4.2-4.5 GHz: the full-width case (the clock is not measured here).
+cycle that is 16 fp32 lanes x 2 FMA pipes = 32 fp32 MACs where both pipes are 512 bits wide (Zen 5, `mcpu`
+znver5; Intel server cores), and 16 where each zmm operation is split into two 256-bit halves (Zen 4); `vpdpbusd`
+on zmm does 4x the fp32 count. A Zen 5 EPYC read 135-143 G-MAC/s fp32 on one thread, which is 32 MACs a cycle at
+4.2-4.5 GHz: the full-width case (the clock is not measured here).
 The multiplicands and accumulators stay in registers (no loads or stores in the loop, so memory bandwidth plays no
 part), the assembly is `volatile` with the accumulators as in/out operands (the compiler can neither drop nor fold
 it), and the accumulators are summed and returned at the end. The loop is unrolled (UNROLL copies of the chains) so
@@ -202,7 +202,7 @@ double floor_run(int int8, int threads, long iterations, double *sink) {
 
 
 def cpu_description(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
-    """This CPU as a line for the benchmark's metrics and report, e.g. "AMD EPYC, x86-64 family 25 model 1, AVX2 + FMA,
+    """This CPU as a line for the benchmark's metrics and report, e.g. "AMD EPYC, x86_64 family 25 model 1, AVX2 + FMA,
     no AVX-512", from `cpuinfo` (Linux); the platform's processor string elsewhere. Figures measured on CPUs of other
     families are not comparable: the project's runs have met Zen 3 (AVX2) and Zen 5 (AVX-512 with VNNI) machines."""
     try:
