@@ -11,7 +11,7 @@ repro: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	ruff check .
-	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} pytest
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} pytest -n 2 --dist loadfile
 
 # The edit loop's tier, under 3 minutes here: the tests not marked slow (tests/conftest.py) or e2e (dvc repro).
 # `make test`, which CI runs, is the whole suite. OMP_WAIT_POLICY=PASSIVE (both targets): on cores other processes
@@ -19,7 +19,7 @@ test: $(VENV)/.installed
 # 2-thread evaluation many times over.
 test-fast: $(VENV)/.installed
 	ruff check .
-	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} pytest -m "not slow and not e2e"
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} pytest -n 2 --dist loadfile -m "not slow and not e2e"
 
 # `dvc plots show` as a page that works offline (docs/plots.md): vega, vega-lite and vega-embed from npm, installed once
 # in VEGA_DIR and copied beside the page, in place of the CDN dvc's own page loads them from. Open dvc_plots/index.html.
