@@ -9,17 +9,22 @@ export PATH := $(BIN):$(PATH)
 repro: $(VENV)/.installed
 	dvc repro
 
+# Two pytest-xdist workers, one per core, each taking whole test files (module fixtures are built once), each
+# single-threaded unless a test sets its threads: the suite is mostly single-threaded work (TVM and LLVM, torch.export,
+# DVC), and two 2-thread workers on 2 cores slowed each other by half. OMP_WAIT_POLICY=PASSIVE: on cores other
+# processes are busy with (the e2e tests' dvc subprocesses, a shared machine), PyTorch's spinning OpenMP threads slow a
+# 2-thread evaluation many times over.
+PYTEST := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} pytest -n 2 --dist loadfile
+
 test: $(VENV)/.installed
 	ruff check .
-	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} pytest -n 2 --dist loadfile
+	$(PYTEST)
 
 # The edit loop's tier, under 3 minutes here: the tests not marked slow (tests/conftest.py) or e2e (dvc repro).
-# `make test`, which CI runs, is the whole suite. OMP_WAIT_POLICY=PASSIVE (both targets): on cores other processes
-# are busy with (the e2e tests' dvc subprocesses, a shared machine), PyTorch's spinning OpenMP threads slow a
-# 2-thread evaluation many times over.
+# `make test`, which CI runs, is the whole suite.
 test-fast: $(VENV)/.installed
 	ruff check .
-	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} pytest -n 2 --dist loadfile -m "not slow and not e2e"
+	$(PYTEST) -m "not slow and not e2e"
 
 # `dvc plots show` as a page that works offline (docs/plots.md): vega, vega-lite and vega-embed from npm, installed once
 # in VEGA_DIR and copied beside the page, in place of the CDN dvc's own page loads them from. Open dvc_plots/index.html.

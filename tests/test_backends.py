@@ -33,7 +33,7 @@ from lprnet.optimize.calibrate import calibrate
 from lprnet.optimize.quantize import quantize, save_quantized
 from lprnet.runtime.evaluate import evaluate, predict_texts, score, texts_from_logits
 from lprnet.runtime.predictor import example_input, load_predictor
-from tests.conftest import make_random_model, repo_params
+from tests.conftest import TEST_LLVM_TARGET, make_random_model, repo_params
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["torch-fp32", "torch-int8", "onnxruntime-fp32", "onnxruntime-int8", "tvm-fp32", "tvm-int8"]
@@ -89,7 +89,7 @@ def int8_model(model, plates):
 
 def build_tvm_artifact(onnx_path: str, folder: str) -> None:
     """What the TVM stages deploy for one ONNX model, untuned: the frontend, params.yaml's graph and layout passes,
-    a build for this host, the artifact folder."""
+    a build for this host (LLVM opt-level 1), the artifact folder."""
     from lprnet.compile.tvm.artifact import save_artifact
     from lprnet.compile.tvm.build import build, detect_target
     from lprnet.compile.tvm.frontend import import_onnx, module_alphabet_name, module_input_shape
@@ -98,7 +98,7 @@ def build_tvm_artifact(onnx_path: str, folder: str) -> None:
     params = repo_params("tvm")
     mod = apply_passes(import_onnx(onnx_path), resolve_pipeline(params["graph_passes"]))
     mod = apply_passes(mod, resolve_pipeline(params["layout_passes"]), layout=params["layout"])
-    target = detect_target(params["target"])
+    target = detect_target(TEST_LLVM_TARGET)
     save_artifact(folder, build(mod, target), mod, target, module_input_shape(mod), module_alphabet_name(mod))
 
 

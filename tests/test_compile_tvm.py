@@ -21,10 +21,10 @@ from lprnet.compile.tvm.frontend import import_onnx, module_input_shape  # noqa:
 from lprnet.compile.tvm.passes import PIPELINES, apply_passes, count_ops  # noqa: E402
 from lprnet.runtime.predictor import example_input, load_predictor  # noqa: E402
 from lprnet.runtime.tvm_runtime import TVMPredictor  # noqa: E402
-from tests.conftest import main_constants  # noqa: E402
+from tests.conftest import TEST_LLVM_TARGET, main_constants  # noqa: E402
 
 PARITY_ATOL = 1e-3  # max abs logit difference to ONNX Runtime
-HOST = detect_target({"kind": "llvm"})
+HOST = detect_target(TEST_LLVM_TARGET)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from PIL import Image
 
 from lprnet.io import leftovers
 from lprnet.model.data import load_prepared, save_split
+from tests.conftest import TEST_LLVM_TARGET
 from tests.pause_writes import pause_env, sitecustomize_dir, wait_until_paused
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,11 +30,11 @@ COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "data", "models", "__pycac
 TINY = {
     "data": {"train_size": 96, "calib_size": 32, "test_size": 32},
     "baseline": {"epochs": 1.0, "batch_size": 16, "eval_every": 3},
-    "bench": {"runs": 5, "warmup": 1, "throughput_runs": 2, "throughput_batch": 4},
+    "bench": {"threads": 1, "runs": 5, "warmup": 1, "throughput_runs": 2, "throughput_batch": 4},
     "prune": {"finetune_steps": 2, "batch_size": 8},
     "quantize": {"qat_steps": 2, "qat_batch_size": 8},
     "export_onnx": {"int8_min_agreement": 0.0},
-    "tvm": {"int8_max_accuracy_drop": 1.0, "target": {"kind": "llvm", "opt-level": 1}},
+    "tvm": {"int8_max_accuracy_drop": 1.0, "target": TEST_LLVM_TARGET},
     "tune": {"total_trials": 0},  # no MetaSchedule here: tests/test_tune_tvm.py tunes a small module
 }
 
