@@ -132,4 +132,5 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
     # Longest first, so that the two pytest-xdist workers of `make test` (whole files each, --dist loadfile) end
     # together: the end-to-end file (40 % of the suite's time), then files with slow tests, then the quick ones.
-    items.sort(key=lambda item: (item.get_closest_marker("e2e") is None, item.get_closest_marker("slow") is None))
+    # A stable sort on one rank: the end-to-end tests share one repository and keep their order in their file.
+    items.sort(key=lambda item: 0 if item.get_closest_marker("e2e") else 1 if item.get_closest_marker("slow") else 2)
