@@ -137,6 +137,18 @@ def test_dead_channels_of_the_published_weights_go_without_changing_a_prediction
     np.testing.assert_array_equal(actual.argmax(1).numpy(), expected.argmax(1).numpy())
 
 
+def test_macs_are_what_pytorchs_flop_counter_counts(random_model):
+    """count_macs counts Conv2d and Linear layers by hook (the FLOP counter's first use costs seconds): on the model
+    and a pruned one, whose shapes differ per layer, it gives what PyTorch's counter gives, at 2 FLOPs per MAC."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for model in (random_model, prune_channels(random_model, 0.5, criterion="l1", scope="global")):
+        counter = FlopCounterMode(display=False)
+        with counter, torch.inference_mode():
+            model(torch.zeros(1, 3, 24, 94))
+        assert count_macs(model) * 2 == counter.get_total_flops() > 0
+
+
 @pytest.mark.parametrize("scope", ["global", "layer"])
 @pytest.mark.parametrize("criterion", sorted(CRITERIA))
 def test_pruning_shrinks_params_macs_and_file_and_round_trips(random_model, latin, images_and_labels, tmp_path,

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from lprnet.model.input_spec import INPUT_HEIGHT, INPUT_WIDTH
 from lprnet.runtime.bench import BenchConfig, measure_speed
@@ -24,15 +23,20 @@ def count_params(model: torch.nn.Module) -> int:
 
 
 def count_macs(model: torch.nn.Module) -> int:
-    """Multiply-accumulates of one batch-1 forward pass, from PyTorch's own FLOP counter (2 FLOPs per MAC)."""
-    counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode():
-        model.eval()(torch.zeros(1, 3, INPUT_HEIGHT, INPUT_WIDTH))
-    return counter.get_total_flops() // 2
+    """Multiply-accumulates of one batch-1 forward pass: those of its Conv2d and Linear layers (LPRNet has no other
+    multiplying op; tests/test_prune.py checks the count against PyTorch's FLOP counter).
+
+    Why not `torch.utils.flop_counter.FlopCounterMode` itself: its first use imports torch._dynamo, 2-3 s in every
+    stage process that reports MACs."""
+    return sum(_layer_macs(model, (torch.nn.Conv2d, torch.nn.Linear)).values())
 
 
 def conv_macs(model: torch.nn.Module) -> dict[str, int]:
     """Multiply-accumulates of each float Conv2d of `model` (by module name) in one batch-1 forward pass."""
+    return _layer_macs(model, (torch.nn.Conv2d,))
+
+
+def _layer_macs(model: torch.nn.Module, types: tuple[type, ...]) -> dict[str, int]:
     macs: dict[str, int] = {}
 
     def hook(name):
@@ -41,7 +45,7 @@ def conv_macs(model: torch.nn.Module) -> dict[str, int]:
         return record
 
     handles = [module.register_forward_hook(hook(name)) for name, module in model.named_modules()
-               if isinstance(module, torch.nn.Conv2d)]
+               if isinstance(module, types)]
     try:
         with torch.inference_mode():
             model.eval()(torch.zeros(1, 3, INPUT_HEIGHT, INPUT_WIDTH))
