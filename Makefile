@@ -9,12 +9,13 @@ export PATH := $(BIN):$(PATH)
 repro: $(VENV)/.installed
 	dvc repro
 
-# Two pytest-xdist workers, one per core, each taking whole test files (module fixtures are built once), each
+# Two pytest-xdist workers, one per core, each taking whole test files (module fixtures are built once) in the order
+# tests/conftest.py gives them (longest first; xdist's default reorders files by test count), each
 # single-threaded unless a test sets its threads: the suite is mostly single-threaded work (TVM and LLVM,
 # torch.export, DVC; in one process it kept one core busy), and 2-thread workers would oversubscribe the cores.
 # OMP_WAIT_POLICY=PASSIVE: on cores other processes are busy with (the e2e tests' dvc subprocesses, a shared
 # machine), PyTorch's spinning OpenMP threads slow a 2-thread evaluation many times over.
-PYTEST := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} pytest -n 2 --dist loadfile
+PYTEST := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 test: $(VENV)/.installed
 	ruff check .
