@@ -30,7 +30,7 @@ from lprnet.runtime.predictor import MAX_THREADS, load_predictor
 
 # The CLI's own measuring settings: it runs on any artifact, inside the pipeline's repository or not, so it does not
 # read params.yaml (whose `bench:` section the stages use). The first three are its flags' defaults.
-THREADS, EVAL_BATCH, RUNS = 2, 64, 100
+THREADS, EVAL_BATCH, RUNS = 2, 16, 100
 PROFILE_ROUNDS, PROFILE_TOP = 20, 12  # `profile`: timings per kernel, and how many of the slowest it lists
 EVAL_BENCH = {"warmup": 10, "throughput_batch": 32, "throughput_runs": 10, "throughput_seconds": 3.0}
 

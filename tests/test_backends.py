@@ -54,9 +54,9 @@ RUNTIMES, FP32, INT8 = runtimes(), runtimes("fp32"), runtimes("int8")
 BATCH_ATOL = {"torch-fp32": 1e-5, "onnxruntime-fp32": 1e-5, "tvm-fp32": 0.0,
               "torch-int8": 1e-5, "onnxruntime-int8": 1e-5, "tvm-int8": 0.0}
 # Max abs logit difference to PyTorch fp32: ONNX Runtime as export-onnx's default tolerance, TVM as params.yaml's
-# tvm.fp32_tolerance (against ONNX Runtime there); the loaded PyTorch file is the very model. Measured here: 1.5e-5
-# and 1.0e-4.
-FP32_ATOL = {"torch-fp32": 0.0, "onnxruntime-fp32": 1e-4, "tvm-fp32": repo_params("tvm")["fp32_tolerance"]}
+# tvm.fp32_tolerance (against ONNX Runtime there); the loaded PyTorch file is the very model, run on channels-last
+# input (torch_runtime.py), which moves its logits by rounding (measured 3e-6). Measured here: 1.5e-5 and 1.0e-4.
+FP32_ATOL = {"torch-fp32": 1e-5, "onnxruntime-fp32": 1e-4, "tvm-fp32": repo_params("tvm")["fp32_tolerance"]}
 INT8_MIN_PLATE_AGREEMENT = 0.9  # share of plates decoded as the int8 reference decodes them
 # ONNX Runtime int8 against PyTorch int8: the two requantize between layers with their own rounding. On a CPU with
 # VNNI this untrained model's logits then differ by 0.004 on average (at most 0.02), a third of fp32's distance, but

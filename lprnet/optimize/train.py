@@ -55,6 +55,10 @@ def epoch_steps(epochs: float, num_images: int, batch_size: int) -> int:
     return max(1, round(epochs * math.ceil(num_images / batch_size)))
 
 
+# Images per forward pass of a validation: PyTorch's CPU convolutions run this model fastest per image at 8-16 (at
+# 64 and more the activations leave the caches). Results do not depend on it.
+VALIDATION_BATCH = 16
+
 # Called with each history row as it is made, e.g. to log a curve that can be watched while training runs.
 OnValidation = Callable[[dict], None]
 
@@ -197,7 +201,7 @@ def _fit(model: LPRNet, alphabet: Alphabet, train: tuple[np.ndarray, np.ndarray]
         # Why: the published LPRNet weights carry batch-norm running statistics far from their batch statistics on
         # plates (the stem's are still mean 0, variance 1), so in train mode they compute another function, and a
         # short fine-tuning can end far below the accuracy it started from.
-        start = evaluate(TorchPredictor(model, alphabet), *validation, batch_size=128)
+        start = evaluate(TorchPredictor(model, alphabet), *validation, batch_size=VALIDATION_BATCH)
         record({"step": 0, "epoch": 0.0, "train_loss": float("nan"), "val_accuracy": start["accuracy"],
                 "val_char_accuracy": start["char_accuracy"], "lr": schedule.get_last_lr()[0]})
         best_accuracy = start["accuracy"]
@@ -216,7 +220,7 @@ def _fit(model: LPRNet, alphabet: Alphabet, train: tuple[np.ndarray, np.ndarray]
         schedule.step()
         running_loss.append(loss.item())
         if step % config.eval_every == 0 or step == total_steps:
-            result = evaluate(TorchPredictor(model, alphabet), *validation, batch_size=128)
+            result = evaluate(TorchPredictor(model, alphabet), *validation, batch_size=VALIDATION_BATCH)
             row = {"step": step, "epoch": step / steps_per_epoch, "train_loss": float(np.mean(running_loss)),
                    "val_accuracy": result["accuracy"], "val_char_accuracy": result["char_accuracy"],
                    "lr": schedule.get_last_lr()[0]}
