@@ -87,6 +87,21 @@ def int8_model(model, plates):
     return quantize(model, calibration), calibration
 
 
+def test_the_torch_runtime_gives_float_models_channels_last_input_and_int8_models_nchw(model, int8_model, alphabet):
+    """The faster layout for float convolutions; the int8 model reads the layout it was calibrated and checked in."""
+    from lprnet.runtime.torch_runtime import TorchPredictor
+
+    channels_last = []
+    for reader in (model, int8_model[0]):
+        hook = reader.register_forward_pre_hook(lambda _, args: channels_last.append(
+            not args[0].is_contiguous() and args[0].is_contiguous(memory_format=torch.channels_last)))
+        try:
+            TorchPredictor(reader, alphabet)(example_input(2, seed=0))
+        finally:
+            hook.remove()
+    assert channels_last == [True, False]
+
+
 def build_tvm_artifact(onnx_path: str, folder: str) -> None:
     """What the TVM stages deploy for one ONNX model, untuned: the frontend, params.yaml's graph and layout passes,
     a build for this host (LLVM opt-level 1), the artifact folder."""
