@@ -55,8 +55,8 @@ def epoch_steps(epochs: float, num_images: int, batch_size: int) -> int:
     return max(1, round(epochs * math.ceil(num_images / batch_size)))
 
 
-# Images per forward pass of a validation: PyTorch ran the baseline fastest per image at 8-16 (4-5 ms per image on
-# channels-last input at 2 threads, 10 ms at 64). Results do not depend on it.
+# Images per forward pass of a validation: PyTorch's CPU convolutions run this model fastest per image at 8-16 (at
+# 64 and more the activations leave the caches). Results do not depend on it.
 VALIDATION_BATCH = 16
 
 # Called with each history row as it is made, e.g. to log a curve that can be watched while training runs.

@@ -1,9 +1,8 @@
 """The PyTorch runtime: an LPRNet (fp32, or the int8 FX model of lprnet.optimize.quantize) as a Predictor.
 
-A float model reads its images in channels-last memory format, on which PyTorch's CPU convolutions ran LPRNet 1.5x
-(batch 1) to 2.9x (batch 16) faster than on the NCHW arrays the other runtimes take; its logits move by rounding only
-(1e-5). An int8 model reads NCHW, the layout it was calibrated and checked in: on channels-last input FBGEMM's int8
-kernels (on an AVX2 CPU without VNNI) moved its logits by up to 0.16.
+A float model reads its images in channels-last memory format, which PyTorch's CPU convolutions run 1.5-3x faster
+than the NCHW arrays the other runtimes take (the model's logits move by rounding only, ~1e-5). An int8 model reads
+NCHW: FBGEMM's int8 kernels without VNNI saturate differently on a channels-last input, and its logits would move.
 """
 
 from __future__ import annotations
