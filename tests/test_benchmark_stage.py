@@ -4,11 +4,13 @@ metrics and CSV rows it gives the stage to write."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from lprnet.pipeline import benchmark
-from lprnet.pipeline.artifacts import ARTIFACTS, REFERENCE, split_benchmark
+from lprnet.pipeline.artifacts import ARTIFACTS, REFERENCE, artifact_paths, split_benchmark
 from lprnet.pipeline.revision import comparable
 from lprnet.runtime import bench
 from lprnet.runtime.bench import BenchConfig
@@ -36,18 +38,17 @@ def models(tmp_path, monkeypatch):
             return np.zeros((len(images), 4, 18), np.float32)
         return call
 
-    names = {str(tmp_path / artifact.path): name for name, artifact in ARTIFACTS.items()}
+    names = {str(path): name for name, path in artifact_paths(tmp_path).items()}
     floors = iter(FLOORS)
     monkeypatch.setattr(benchmark, "measure_floor",
                         lambda threads: Floor(threads, *(peaks := next(floors)), *peaks, 16, 64))
     monkeypatch.setattr(benchmark, "load_model", lambda path: (path.name, None))
     monkeypatch.setattr(benchmark, "count_macs", lambda model: MACS[model])
-    monkeypatch.setattr(benchmark, "export_onnx", lambda model, alphabet, path: path.write_bytes(b""))
     monkeypatch.setattr(benchmark, "load_predictor",
-                        lambda path, threads: predictor(SECONDS[names.get(str(path), REFERENCE)]))
-    for artifact in ARTIFACTS.values():
-        (tmp_path / artifact.path).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / artifact.path).write_bytes(b"")
+                        lambda path, threads: predictor(SECONDS[names[str(path)]]))
+    for path in names:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(b"")
     return tmp_path
 
 

@@ -111,8 +111,11 @@ def test_the_steps_calibrate_quantize_and_export_with_onnx_runtime_ranges(tmp_pa
     bench = BenchConfig(**{**repo_params("bench"), "warmup": 1, "runs": 2, "throughput_runs": 1,
                            "throughput_seconds": 0.1})
     params = params_from_repo("export_onnx", ExportParams, int8_min_agreement=0.5)
-    fp32, int8 = export_onnx_stage(pruned, tmp_path / "quantized.pt", tmp_path / "calibration", data,
-                                   tmp_path / "fp32.onnx", tmp_path / "int8.onnx", params, bench)
+    # The random model is the baseline too: the reference the stage exports from it is the fp32 model's graph.
+    fp32, int8 = export_onnx_stage(pruned, tmp_path / "quantized.pt", tmp_path / "calibration", data, pruned,
+                                   tmp_path / "fp32.onnx", tmp_path / "int8.onnx", tmp_path / "baseline.onnx", params,
+                                   bench)
+    assert (tmp_path / "baseline.onnx").read_bytes() == (tmp_path / "fp32.onnx").read_bytes()
     common = {"accuracy", "char_accuracy", "latency_ms_p50", "size_bytes"}
     assert common | {"max_abs_logit_diff", "torch_fp32_rounding"} <= set(fp32)
     assert common | {"agreement_with_torch_int8"} <= set(int8)
@@ -126,6 +129,6 @@ def test_the_export_step_refuses_a_folder_that_is_not_the_calibrate_stages(tmp_p
     params = params_from_repo("export_onnx", ExportParams)
     bench = BenchConfig(**repo_params("bench"))
     with pytest.raises(InputError, match="calibration.json: no such file"):
-        export_onnx_stage(pruned, tmp_path / "q.pt", tmp_path / "calibration", data, tmp_path / "fp32.onnx",
-                          tmp_path / "int8.onnx", params, bench)
-    assert not (tmp_path / "fp32.onnx").exists()
+        export_onnx_stage(pruned, tmp_path / "q.pt", tmp_path / "calibration", data, pruned, tmp_path / "fp32.onnx",
+                          tmp_path / "int8.onnx", tmp_path / "baseline.onnx", params, bench)
+    assert not (tmp_path / "fp32.onnx").exists() and not (tmp_path / "baseline.onnx").exists()

@@ -177,7 +177,8 @@ def test_export_onnx_refuses_a_float_model_as_int8_before_writing(tmp_path, inpu
     out = tmp_path / "out"
     argv = ["stages/export_onnx.py", "--params", str(tmp_path / "params.yaml"), f"--pruned={inputs / 'pruned.pt'}",
             f"--quantized={inputs / 'pruned.pt'}", f"--calibration={calibration}", f"--data={inputs / 'data'}",
-            f"--fp32={out / 'onnx/fp32.onnx'}", f"--int8={out / 'onnx/int8.onnx'}",
+            f"--baseline={inputs / 'pruned.pt'}", f"--fp32={out / 'onnx/fp32.onnx'}",
+            f"--int8={out / 'onnx/int8.onnx'}", f"--reference={out / 'onnx/baseline.onnx'}",
             f"--metrics_fp32={out / 'fp32.json'}", f"--metrics_int8={out / 'int8.json'}"]
     code = run_stage_in_process("export_onnx", argv, monkeypatch)
     assert code == 1

@@ -17,7 +17,7 @@ from lprnet.errors import InputError
 from lprnet.model.alphabet import get_alphabet
 from lprnet.model.data import save_split
 from lprnet.pipeline import select_step
-from lprnet.pipeline.artifacts import ARTIFACTS, REFERENCE, flat_benchmark
+from lprnet.pipeline.artifacts import REFERENCE, artifact_paths, flat_benchmark
 from lprnet.pipeline.budget import BudgetParams
 from lprnet.pipeline.params import read_section
 from lprnet.runtime.bench import BenchConfig
@@ -50,20 +50,14 @@ def fake_pipeline(tmp_path, monkeypatch):
     (models, data, benchmark.json's content, the log of (artifact, split) scored)."""
     models, data = tmp_path / "models", tmp_path / "prepared"
     names = {}
-    for name, artifact in ARTIFACTS.items():
-        path = models / artifact.path
+    for name, path in artifact_paths(models).items():
         if name.startswith("tvm_"):
             path.mkdir(parents=True)
             (path / "model.so").write_bytes(b"x" * 1000)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(b"x" * (1_300_000 if name == "torch_fp32_baseline" else 800_000))
+            path.write_bytes(b"x" * {"torch_fp32_baseline": 1_300_000, REFERENCE: 1_200_000}.get(name, 800_000))
         names[path.name] = name
-
-    def export_reference(models_folder: Path, folder: Path) -> Path:
-        (folder / "baseline.onnx").write_bytes(b"onnx" * 300_000)
-        names["baseline.onnx"] = REFERENCE
-        return folder / "baseline.onnx"
 
     def load_predictor(path, threads=None):
         path = Path(path)
@@ -86,7 +80,6 @@ def fake_pipeline(tmp_path, monkeypatch):
         delivered.append(names[source.name])
         return real_copy(source, folder, runtime)
 
-    monkeypatch.setattr(select_step, "export_reference", export_reference)
     monkeypatch.setattr(select_step, "load_predictor", load_predictor)
     monkeypatch.setattr(select_step, "evaluate", evaluate)
     monkeypatch.setattr(select_step, "copy_artifact", copy_artifact)
@@ -147,7 +140,7 @@ def test_a_zero_budget_delivers_the_baseline_through_its_fastest_runtime(fake_pi
     assert metrics["artifact"] == REFERENCE and [row["artifact"] for row in log][-1] == REFERENCE
     assert metrics["candidates_scored"] == 6 == len([1 for _, split in scored if split == "calib"])
     manifest = read_deploy_manifest(tmp_path / "deploy")
-    assert manifest["runtime"] == "onnxruntime" and manifest["source"]["path"] == "baseline.pt exported to ONNX"
+    assert manifest["runtime"] == "onnxruntime" and manifest["source"]["path"] == "onnx/baseline.onnx"
 
 
 def test_no_decision_reads_the_test_split(fake_pipeline, tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ Does not load, time or score anything (see lprnet/pipeline/benchmark.py and lprn
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,10 @@ ARTIFACTS = {
 
 BASELINE = "torch_fp32_baseline"
 ORT_FP32 = "ort_fp32"
-# Not a pipeline artifact: ONNX Runtime fp32 on the unpruned baseline, exported by the benchmark stage itself, the
-# reference the notebook study used. Timed after ARTIFACTS.
+# ONNX Runtime fp32 on the unpruned baseline (export-onnx writes it), the reference the notebook study used: not one
+# of ARTIFACTS, which are what the pipeline makes of the baseline, and it has no stage metrics. Timed after them.
 REFERENCE = "ort_fp32_baseline"
+REFERENCE_PATH = "onnx/baseline.onnx"  # under models/
 
 REFERENCE_LABEL = "ONNX Runtime fp32 baseline"
 REFERENCE_PRECISION, REFERENCE_SOURCE = "fp32", BASELINE_MODEL
@@ -63,6 +65,12 @@ BENCHMARK_METRICS = ("latency_ms_p50", "latency_ms_p90", "latency_ms_mad", "thro
 # The hardware floor among the run's settings (runtime/floor.py), in G-MAC/s: `floor_<precision>_gmacs` at the
 # benchmark's thread count, `floor_<precision>_gmacs_one_thread` on one.
 FLOOR_KEYS = {precision: f"floor_{precision}_gmacs" for precision in ("fp32", "int8")}
+
+
+def artifact_paths(models: Path) -> dict[str, Path]:
+    """Every timed artifact's path under the folder `models`, by benchmark name: ARTIFACTS, then REFERENCE."""
+    return {**{name: Path(models, artifact.path) for name, artifact in ARTIFACTS.items()},
+            REFERENCE: Path(models, REFERENCE_PATH)}
 
 
 def benchmark_key(artifact: str, metric: str) -> str:

@@ -3,7 +3,7 @@
 Batch-1 latency is measured interleaved in turns (see runtime/bench.py's `interleaved_latency`: after warm-up, the
 same thread count for every runtime), then throughput at `bench.throughput_batch`. Each artifact's p50 is divided by
 the PyTorch fp32 baseline's, ONNX Runtime fp32's on the same (pruned) model and ONNX Runtime fp32's on the unpruned
-baseline, which is exported here, as the reference the notebook study used (artifacts.RATIOS). The results are
+baseline (export-onnx's), the reference the notebook study used (artifacts.RATIOS). The results are
 written as flat metrics (artifacts.py has the key scheme) and as a CSV for `dvc plots`.
 
 Against the hardware floor: this CPU's fp32 FMA and int8 multiply-add peaks at `bench.threads` (runtime/floor.py)
@@ -17,20 +17,18 @@ Does not re-measure accuracy: the report joins each artifact with its own stage'
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-from lprnet.compile.onnx_export import export_onnx
 from lprnet.errors import MissingFileError
 from lprnet.model.checkpoint import load_model
 from lprnet.pipeline.artifacts import (
     ARTIFACTS,
-    BASELINE,
     FLOOR_KEYS,
     RATIOS,
     REFERENCE,
     REFERENCE_PRECISION,
     REFERENCE_SOURCE,
+    artifact_paths,
     flat_benchmark,
 )
 from lprnet.runtime.bench import BenchConfig, interleaved_latency, throughput
@@ -43,33 +41,22 @@ CSV_COLUMNS = ("artifact", "latency_ms_p50", "latency_ms_p90", "throughput_ips",
                "achieved_gmacs", "peak_share")
 
 
-def export_reference(models: Path, folder: Path) -> Path:
-    """The REFERENCE artifact, ONNX Runtime fp32's model of the unpruned baseline, exported into `folder` from
-    `models`' baseline (the export is deterministic: the same bytes every time); returns its path."""
-    path = folder / "baseline.onnx"
-    export_onnx(*load_model(models / ARTIFACTS[BASELINE].path), path)
-    return path
-
-
 def benchmark_artifacts(models: Path, bench: BenchConfig) -> tuple[dict[str, dict], Floor]:
     """(artifact name -> its latency summary, throughput, ratios, MACs and share of the floor, for every artifact
     under `models` (ARTIFACTS, in order) and then the reference (REFERENCE); this CPU's floor at `bench.threads`).
     Raises MissingFileError naming the first absent artifact."""
-    missing = [models / artifact.path for artifact in ARTIFACTS.values() if not (models / artifact.path).exists()]
+    paths = artifact_paths(models)
+    missing = [path for path in paths.values() if not path.exists()]
     if missing:
         raise MissingFileError(f"{missing[0]}: artifact missing (run `dvc repro`)")
     floor_before = measure_floor(bench.threads)  # first: a compiler missing fails the stage before minutes of timing
     sources = {source: count_macs(load_model(models / source)[0])
                for source in {artifact.source for artifact in ARTIFACTS.values()} | {REFERENCE_SOURCE}}
-    with tempfile.TemporaryDirectory(prefix="benchmark.") as work:
-        reference_onnx = export_reference(models, Path(work))
-        predictors = {name: load_predictor(models / artifact.path, bench.threads)
-                      for name, artifact in ARTIFACTS.items()}
-        predictors[REFERENCE] = load_predictor(reference_onnx, bench.threads)
-        results = interleaved_latency(predictors, bench)
-        for name, predictor in predictors.items():
-            results[name]["throughput_ips"] = throughput(predictor, bench)
-        del predictors  # their runtimes' thread pools stop spinning before the floor runs again
+    predictors = {name: load_predictor(path, bench.threads) for name, path in paths.items()}
+    results = interleaved_latency(predictors, bench)
+    for name, predictor in predictors.items():
+        results[name]["throughput_ips"] = throughput(predictor, bench)
+    del predictors  # their runtimes' thread pools stop spinning before the floor runs again
     floor = best_floor(floor_before, measure_floor(bench.threads))
     kinds = {name: (artifact.precision, artifact.source) for name, artifact in ARTIFACTS.items()}
     kinds[REFERENCE] = (REFERENCE_PRECISION, REFERENCE_SOURCE)

@@ -1,4 +1,5 @@
-"""The export-onnx stage's work: the pruned fp32 model and its int8 QDQ form as ONNX, each checked against its source.
+"""The export-onnx stage's work: the pruned fp32 model and its int8 QDQ form as ONNX, each checked against its source,
+and the unpruned baseline as ONNX, the benchmark's reference (artifacts.REFERENCE).
 
 fp32: exported with a dynamic batch axis; fails unless ONNX Runtime's logits are within `fp32_tolerance` of
 PyTorch's on the test split or, for models with large logits, within ROUNDING_FACTOR times PyTorch fp32's own error
@@ -8,6 +9,9 @@ int8: ONNX Runtime's quantize_static over that fp32 graph. With `calibrate.onnx_
 int8 model's own activation ranges and float parts, so that it is the `quantize` artifact as a QDQ graph;
 otherwise ONNX Runtime's ranges from the calibrate stage (no new calibration). Its plate predictions are compared
 with the PyTorch int8 model from `quantize`, and the step fails below `int8_min_agreement`.
+reference: the baseline through the same exporter, unchecked (the fp32 check covers the exporter; `select` scores
+it on the validation split before it could deliver it). Exported here once, rather than by `benchmark` and `select`
+each: an export costs about 13 s in a fresh process.
 Does not export or quantize by itself (see lprnet.compile.onnx_export and onnx_int8).
 """
 
@@ -72,15 +76,19 @@ def float64_predictor(model: torch.nn.Module):
 
 
 def export_onnx_stage(pruned: str | os.PathLike, quantized: str | os.PathLike, calibration: str | os.PathLike,
-                      data: str | os.PathLike, fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
-                      params: ExportParams, bench: BenchConfig) -> tuple[dict, dict]:
-    """Write the fp32 and int8 ONNX models, check them and return their metrics (fp32, int8). Every input is read
-    first, and both models appear together, only once both checks pass."""
+                      data: str | os.PathLike, baseline: str | os.PathLike, fp32_path: str | os.PathLike,
+                      int8_path: str | os.PathLike, reference_path: str | os.PathLike, params: ExportParams,
+                      bench: BenchConfig) -> tuple[dict, dict]:
+    """Write the fp32 and int8 ONNX models and the baseline's (`reference_path`), check the first two and return
+    their metrics (fp32, int8). Every input is read first, and the three models appear together, only once both
+    checks pass."""
     method = onnx_method_of(calibration)
     images, labels = load_prepared(data, "test")
     model, alphabet = load_model(pruned)
+    baseline_model, baseline_alphabet = load_model(baseline)
     torch_int8_model, torch_alphabet = load_quantized(quantized)
-    with atomic_path(fp32_path) as fp32_tmp, atomic_path(int8_path) as int8_tmp:
+    with (atomic_path(fp32_path) as fp32_tmp, atomic_path(int8_path) as int8_tmp,
+          atomic_path(reference_path) as reference_tmp):
         export_onnx(model, alphabet, fp32_tmp)
         fp32 = OnnxRuntimePredictor(fp32_tmp, bench.threads)
         difference = max_logit_difference(fp32, TorchPredictor(model, alphabet, bench.threads), images)
@@ -106,4 +114,5 @@ def export_onnx_stage(pruned: str | os.PathLike, quantized: str | os.PathLike, c
                              f"test split, below export_onnx.int8_min_agreement {params.int8_min_agreement:.0%}")
         int8_metrics = {**artifact_metrics(int8, int8_tmp, images, labels, bench, source=model),
                         "agreement_with_torch_int8": agreement}
+        export_onnx(baseline_model, baseline_alphabet, reference_tmp)
     return fp32_metrics, int8_metrics

@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +27,7 @@ from lprnet.compile.tvm.artifact import sha256_file
 from lprnet.errors import InputError
 from lprnet.io import atomic_dir, write_json_atomic
 from lprnet.model.data import load_prepared
-from lprnet.pipeline.artifacts import ARTIFACTS, BASELINE, REFERENCE, REFERENCE_LABEL, split_benchmark
-from lprnet.pipeline.benchmark import export_reference
+from lprnet.pipeline.artifacts import ARTIFACTS, BASELINE, REFERENCE, REFERENCE_LABEL, artifact_paths, split_benchmark
 from lprnet.pipeline.budget import VALIDATION_SPLIT, BudgetParams
 from lprnet.runtime.bench import BenchConfig
 from lprnet.runtime.deploy import ARTIFACT_NAMES, DEPLOY_FILE, DEPLOY_FORMAT, input_spec, output_spec
@@ -111,46 +109,43 @@ def select_stage(models: str | os.PathLike, data: str | os.PathLike, benchmark: 
         raise InputError(f"benchmark metrics: no {' / '.join(needed)} of {', '.join(missing)} (run `dvc repro "
                          "benchmark`)")
     validation = load_prepared(data, VALIDATION_SPLIT)
-    with tempfile.TemporaryDirectory(prefix="select.") as work:
-        paths = {name: models / artifact.path for name, artifact in ARTIFACTS.items()}
-        paths[REFERENCE] = export_reference(models, Path(work))
-        labels = {**{name: artifact.label for name, artifact in ARTIFACTS.items()}, REFERENCE: REFERENCE_LABEL}
-        candidates = [Candidate(name, labels[name], timings[name]["latency_ms_p50"], artifact_size(paths[name]))
-                      for name in paths]
+    paths = artifact_paths(models)
+    labels = {**{name: artifact.label for name, artifact in ARTIFACTS.items()}, REFERENCE: REFERENCE_LABEL}
+    candidates = [Candidate(name, labels[name], timings[name]["latency_ms_p50"], artifact_size(paths[name]))
+                  for name in paths]
 
-        loaded, scores = {}, {}  # candidate name -> its predictor, its validation accuracy
+    loaded, scores = {}, {}  # candidate name -> its predictor, its validation accuracy
 
-        def validation_accuracy(candidate: Candidate) -> float:
-            if candidate.name not in scores:
-                loaded[candidate.name] = load_predictor(paths[candidate.name], bench.threads)
-                scores[candidate.name] = evaluate(loaded[candidate.name], *validation, bench.eval_batch)["accuracy"]
-            return scores[candidate.name]
+    def validation_accuracy(candidate: Candidate) -> float:
+        if candidate.name not in scores:
+            loaded[candidate.name] = load_predictor(paths[candidate.name], bench.threads)
+            scores[candidate.name] = evaluate(loaded[candidate.name], *validation, bench.eval_batch)["accuracy"]
+        return scores[candidate.name]
 
-        baseline = next(c for c in candidates if c.name == BASELINE)
-        baseline_val = validation_accuracy(baseline)
-        chosen, log = choose(candidates, validation_accuracy, baseline_val, budget)
-        check_goals(chosen, log, budget, baseline_val)
-        chosen_val = log[-1]["val_accuracy"]
+    baseline = next(c for c in candidates if c.name == BASELINE)
+    baseline_val = validation_accuracy(baseline)
+    chosen, log = choose(candidates, validation_accuracy, baseline_val, budget)
+    check_goals(chosen, log, budget, baseline_val)
+    chosen_val = log[-1]["val_accuracy"]
 
-        # The decision is taken: the test split verifies the delivered model, as written, against the baseline.
-        test = load_prepared(data, "test")
-        baseline_test = evaluate(loaded[BASELINE], *test, bench.eval_batch)
-        source = paths[chosen.name]
-        with atomic_dir(out) as folder:
-            delivered = load_predictor(copy_artifact(source, folder, loaded[chosen.name].name), bench.threads)
-            delivered_test = evaluate(delivered, *test, bench.eval_batch)
-            write_json_atomic(folder / DEPLOY_FILE, deploy_manifest(delivered, bench.threads, {
-                "source": {"artifact": chosen.name, "label": chosen.label, "sha256": sha256_path(source),
-                           "path": (f"{ARTIFACTS[BASELINE].path} exported to ONNX" if chosen.name == REFERENCE
-                                    else source.relative_to(models).as_posix())},
-                "latency_ms_p50": chosen.latency_ms_p50,
-                "ratio_vs_ort_fp32_baseline": timings[chosen.name]["ratio_vs_ort_fp32_baseline"],
-                "size_bytes": chosen.size_bytes,
-                "budget": dataclasses.asdict(budget),
-                "validation": {"split": VALIDATION_SPLIT, "accuracy": chosen_val, "baseline_accuracy": baseline_val,
-                               "num_images": len(validation[1])},
-                "test": {"split": "test", "accuracy": delivered_test["accuracy"],
-                         "baseline_accuracy": baseline_test["accuracy"], "num_images": len(test[1])}}))
+    # The decision is taken: the test split verifies the delivered model, as written, against the baseline.
+    test = load_prepared(data, "test")
+    baseline_test = evaluate(loaded[BASELINE], *test, bench.eval_batch)
+    source = paths[chosen.name]
+    with atomic_dir(out) as folder:
+        delivered = load_predictor(copy_artifact(source, folder, loaded[chosen.name].name), bench.threads)
+        delivered_test = evaluate(delivered, *test, bench.eval_batch)
+        write_json_atomic(folder / DEPLOY_FILE, deploy_manifest(delivered, bench.threads, {
+            "source": {"artifact": chosen.name, "label": chosen.label, "sha256": sha256_path(source),
+                       "path": source.relative_to(models).as_posix()},
+            "latency_ms_p50": chosen.latency_ms_p50,
+            "ratio_vs_ort_fp32_baseline": timings[chosen.name]["ratio_vs_ort_fp32_baseline"],
+            "size_bytes": chosen.size_bytes,
+            "budget": dataclasses.asdict(budget),
+            "validation": {"split": VALIDATION_SPLIT, "accuracy": chosen_val, "baseline_accuracy": baseline_val,
+                           "num_images": len(validation[1])},
+            "test": {"split": "test", "accuracy": delivered_test["accuracy"],
+                     "baseline_accuracy": baseline_test["accuracy"], "num_images": len(test[1])}}))
     metrics = {
         "artifact": chosen.name,
         "accuracy": delivered_test["accuracy"], "baseline_accuracy": baseline_test["accuracy"],
