@@ -94,7 +94,7 @@ def test_repro_writes_artifacts_metrics_and_plots(repo):
     assert "errors" not in plots and plots["data"]["training-accuracy"][0]["content"]["data"]["values"]
 
 
-def test_select_delivers_one_model_that_predicts_and_a_budget_change_reruns_only_what_reads_it(repo):
+def test_select_delivers_one_model_that_predicts(repo):
     """The tiny models are untrained (every accuracy near 0, all within any budget), so the fastest artifact of the
     benchmark is delivered; which one it is, is timing. tests/test_select.py checks the choice itself."""
     chosen = json.loads((repo / "metrics/select.json").read_text())
@@ -116,19 +116,6 @@ def test_select_delivers_one_model_that_predicts_and_a_budget_change_reruns_only
                 repo).stdout.splitlines()
     assert [line.split("\t")[0] for line in lines] == [str(path) for path in sorted(images.iterdir())]
     shutil.rmtree(images)
-    # prune (for ratio auto) and quantize (its int8 floor) read the budget too; with an explicit ratio prune writes
-    # the same model, and quantize the same int8 model when int8 keeps both floors, so the stages between them and
-    # select are not run again.
-    commit(repo, "results")
-    log = run([*DVC, "exp", "run", "-S", "budget.max_accuracy_drop=0.02"], repo).stdout
-    assert ran_stages(log) == {"prune", "quantize", "select", "report"}
-    assert json.loads((repo / "metrics/select.json").read_text())["max_accuracy_drop"] == 0.02
-    quantized = json.loads((repo / "metrics/quantize.json").read_text())
-    assert quantized["val_accuracy_floor"] == pytest.approx(min(quantized["baseline_val_accuracy"] - 0.02,
-                                                                quantized["fp32_val_accuracy"] - 0.01))
-    # Back to the committed budget's results, from the cache: re-running the four stages would cost a minute.
-    run(["git", "reset", "-q", "--hard"], repo)
-    run([*DVC, "checkout", "-q"], repo)
 
 
 # Stages whose artifacts depend on time measured while they run: MetaSchedule keeps the fastest schedule it timed
@@ -266,36 +253,43 @@ def wait_for_queue(repo: Path, timeout_s: float) -> str:
     raise AssertionError(f"the queue did not finish in {timeout_s} s:\n{status}")
 
 
-def test_a_queued_sweep_runs_in_two_workers_and_reruns_exactly_the_downstream_stages(repo, tmp_path):
+def test_two_queued_experiments_run_in_two_workers_and_rerun_exactly_what_reads_their_params(repo, tmp_path):
+    """A sweep point and a budget change, queued and run side by side. The sweep point runs up to export-onnx, as the
+    README's sweep does (the TVM stages and the benchmark are most of a tiny run's time). prune (for ratio auto) and
+    quantize (its int8 floor) read the budget too; with an explicit ratio prune writes the same model, and quantize
+    the same int8 model when int8 keeps both floors, so the stages between them and select are not run again."""
     commit(repo, "first results")
-    # Both experiments run up to export-onnx, as the README's sweep does: the TVM stages and the benchmark are most
-    # of a tiny run's time, and the test budget is 15 minutes (test_folder_profile runs an experiment into TVM).
-    up_to_onnx = {"prune", "calibrate", "quantize", "export-onnx"}
-    sweep = {"ratio-70": (0.7, ["export-onnx"], up_to_onnx),
-             "ratio-40": (0.4, ["export-onnx"], up_to_onnx)}
-    for name, (ratio, targets, _) in sweep.items():
-        run([*DVC, "exp", "run", "--queue", "-S", f"prune.ratio={ratio}", "-n", name, *targets], repo)
+    experiments = {"ratio-70": (["-S", "prune.ratio=0.7", "export-onnx"],
+                                {"prune", "calibrate", "quantize", "export-onnx"}),
+                   "budget-2": (["-S", "budget.max_accuracy_drop=0.02"], {"prune", "quantize", "select", "report"})}
+    for name, (args, _) in experiments.items():
+        run([*DVC, "exp", "run", "--queue", "-n", name, *args], repo)
     run([*DVC, "queue", "start", "-j", "2"], repo)
     try:
         status = wait_for_queue(repo, timeout_s=600)
     finally:
         run([*DVC, "queue", "stop", "--kill"], repo)
-    for name, (_, _, downstream) in sweep.items():
+    for name, (_, stages) in experiments.items():
         assert name in status and "Failed" not in status, status
-        assert ran_stages(run([*DVC, "queue", "logs", name], repo).stdout) == downstream, name
+        assert ran_stages(run([*DVC, "queue", "logs", name], repo).stdout) == stages, name
 
-    rows = {row["Experiment"]: row for row in csv.DictReader(io.StringIO(run([*DVC, "exp", "show", "--csv"],
-                                                                              repo).stdout))}
-    params_column = next(c for c in rows[next(iter(sweep))] if c.endswith("prune.json:params"))
-    for name, (ratio, _, _) in sweep.items():
-        assert float(rows[name]["prune.ratio"]) == ratio
-    # A higher ratio leaves fewer parameters.
-    assert float(rows["ratio-70"][params_column]) < float(rows["ratio-40"][params_column])
-    plots = json.dumps(json.loads(run([*DVC, "plots", "diff", "--json", *sweep], repo).stdout))
-    assert all(name in plots for name in sweep)
+    rows = {row["Experiment"] or row["rev"]: row
+            for row in csv.DictReader(io.StringIO(run([*DVC, "exp", "show", "--csv"], repo).stdout))}
+    committed, ratio, budget = rows["main"], rows["ratio-70"], rows["budget-2"]
+    params_column = next(c for c in committed if c.endswith("prune.json:params"))
+    assert float(ratio["prune.ratio"]) == 0.7 and float(committed["prune.ratio"]) == 0.6
+    assert float(ratio[params_column]) < float(committed[params_column])  # a higher ratio leaves fewer parameters
+
+    def quantize_metric(key: str) -> float:
+        return float(budget[next(c for c in budget if c in (key, f"metrics/quantize.json:{key}"))])
+    assert float(budget["budget.max_accuracy_drop"]) == float(budget["max_accuracy_drop"]) == 0.02  # select's metric
+    assert quantize_metric("val_accuracy_floor") == pytest.approx(
+        min(quantize_metric("baseline_val_accuracy") - 0.02, quantize_metric("fp32_val_accuracy") - 0.01), abs=1e-6)
+    plots = json.dumps(json.loads(run([*DVC, "plots", "diff", "--json", *experiments], repo).stdout))
+    assert all(name in plots for name in experiments)
     run([sys.executable, "-m", "lprnet", "sweep", "prune.ratio", "--out", str(tmp_path / "sweep")], repo)
     table = list(csv.DictReader((tmp_path / "sweep.csv").open()))
-    assert [float(row["prune.ratio"]) for row in table] == [0.4, 0.6, 0.7]  # the commit's and the two experiments
+    assert [float(row["prune.ratio"]) for row in table] == [0.6, 0.7]  # one row per ratio, sorted
     assert (tmp_path / "sweep.png").stat().st_size > 0
 
     # The experiment as a commit: `dvc metrics diff` against the results before it.
