@@ -187,6 +187,14 @@ def test_a_benchmark_without_every_artifact_is_refused(fake_pipeline, tmp_path):
         select_step.select_stage(models, data, partial, tmp_path / "deploy", budget(), BENCH)
 
 
+def test_a_missing_artifact_is_named_before_anything_is_scored(fake_pipeline, tmp_path):
+    models, data, benchmark, scored = fake_pipeline
+    (models / "onnx/baseline.onnx").unlink()  # export-onnx's reference, as a models folder from before it had one
+    with pytest.raises(FileNotFoundError, match=f"^{models / 'onnx/baseline.onnx'}: artifact missing"):
+        select_step.select_stage(models, data, benchmark, tmp_path / "deploy", budget(), BENCH)
+    assert scored == [] and not (tmp_path / "deploy").exists()
+
+
 @pytest.mark.parametrize(("key", "value"), [
     ("max_accuracy_drop", -0.01), ("max_accuracy_drop", 1.5), ("max_accuracy_drop", ".nan"),
     ("max_accuracy_drop", "lots"), ("max_accuracy_drop", True), ("max_latency_ms", 0), ("max_latency_ms", -1),
