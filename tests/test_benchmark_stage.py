@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lprnet.pipeline import benchmark
-from lprnet.pipeline.artifacts import ARTIFACTS, REFERENCE, artifact_paths, split_benchmark
+from lprnet.pipeline.artifacts import ARTIFACTS, REFERENCE, REFERENCE_PATH, split_benchmark
 from lprnet.pipeline.revision import comparable
 from lprnet.runtime import bench
 from lprnet.runtime.bench import BenchConfig
@@ -38,7 +38,8 @@ def models(tmp_path, monkeypatch):
             return np.zeros((len(images), 4, 18), np.float32)
         return call
 
-    names = {str(path): name for name, path in artifact_paths(tmp_path).items()}
+    names = {str(tmp_path / artifact.path): name for name, artifact in ARTIFACTS.items()}
+    names[str(tmp_path / REFERENCE_PATH)] = REFERENCE
     floors = iter(FLOORS)
     monkeypatch.setattr(benchmark, "measure_floor",
                         lambda threads: Floor(threads, *(peaks := next(floors)), *peaks, 16, 64))

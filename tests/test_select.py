@@ -17,7 +17,7 @@ from lprnet.errors import InputError
 from lprnet.model.alphabet import get_alphabet
 from lprnet.model.data import save_split
 from lprnet.pipeline import select_step
-from lprnet.pipeline.artifacts import REFERENCE, artifact_paths, flat_benchmark
+from lprnet.pipeline.artifacts import ARTIFACTS, REFERENCE, REFERENCE_PATH, flat_benchmark
 from lprnet.pipeline.budget import BudgetParams
 from lprnet.pipeline.params import read_section
 from lprnet.runtime.bench import BenchConfig
@@ -50,7 +50,8 @@ def fake_pipeline(tmp_path, monkeypatch):
     (models, data, benchmark.json's content, the log of (artifact, split) scored)."""
     models, data = tmp_path / "models", tmp_path / "prepared"
     names = {}
-    for name, path in artifact_paths(models).items():
+    layout = {**{name: artifact.path for name, artifact in ARTIFACTS.items()}, REFERENCE: REFERENCE_PATH}
+    for name, path in ((name, models / path) for name, path in layout.items()):
         if name.startswith("tvm_"):
             path.mkdir(parents=True)
             (path / "model.so").write_bytes(b"x" * 1000)

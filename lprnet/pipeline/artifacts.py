@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from lprnet.errors import MissingFileError
+
 
 @dataclass(frozen=True)
 class Artifact:
@@ -68,9 +70,14 @@ FLOOR_KEYS = {precision: f"floor_{precision}_gmacs" for precision in ("fp32", "i
 
 
 def artifact_paths(models: Path) -> dict[str, Path]:
-    """Every timed artifact's path under the folder `models`, by benchmark name: ARTIFACTS, then REFERENCE."""
-    return {**{name: Path(models, artifact.path) for name, artifact in ARTIFACTS.items()},
-            REFERENCE: Path(models, REFERENCE_PATH)}
+    """Every timed artifact's path under the folder `models`, by benchmark name: ARTIFACTS, then REFERENCE. Raises
+    MissingFileError naming the first that does not exist."""
+    paths = {**{name: Path(models, artifact.path) for name, artifact in ARTIFACTS.items()},
+             REFERENCE: Path(models, REFERENCE_PATH)}
+    missing = [path for path in paths.values() if not path.exists()]
+    if missing:
+        raise MissingFileError(f"{missing[0]}: artifact missing (run `dvc repro`)")
+    return paths
 
 
 def benchmark_key(artifact: str, metric: str) -> str:

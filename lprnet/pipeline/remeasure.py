@@ -49,14 +49,14 @@ BOOTSTRAP_SEED = 0  # the same samples give the same verdict
 MIN_ROUNDS = 5  # fewer rounds give a standard error too noisy to judge on (bench.runs / TURN_CALLS of them)
 
 
-def artifact_paths() -> dict[str, str]:
+def remeasurable_paths() -> dict[str, str]:
     """Every artifact the gate can re-measure: name -> its path under models/."""
     return {**{name: artifact.path for name, artifact in ARTIFACTS.items()}, DEPLOY: DEPLOY}
 
 
 def choose(names: Iterable[str] | None) -> dict[str, str]:
     """The chosen artifacts (None: all of them) -> their paths; an unknown name is refused with the valid ones."""
-    paths = artifact_paths()
+    paths = remeasurable_paths()
     if names is None:
         return paths
     unknown = [name for name in names if name not in paths]

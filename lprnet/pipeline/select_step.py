@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lprnet.compile.tvm.artifact import sha256_file
-from lprnet.errors import InputError, MissingFileError
+from lprnet.errors import InputError
 from lprnet.io import atomic_dir, write_json_atomic
 from lprnet.model.data import load_prepared
 from lprnet.pipeline.artifacts import ARTIFACTS, BASELINE, REFERENCE, REFERENCE_LABEL, artifact_paths, split_benchmark
@@ -109,9 +109,6 @@ def select_stage(models: str | os.PathLike, data: str | os.PathLike, benchmark: 
         raise InputError(f"benchmark metrics: no {' / '.join(needed)} of {', '.join(missing)} (run `dvc repro "
                          "benchmark`)")
     paths = artifact_paths(models)
-    missing = [path for path in paths.values() if not path.exists()]
-    if missing:
-        raise MissingFileError(f"{missing[0]}: artifact missing (run `dvc repro`)")
     validation = load_prepared(data, VALIDATION_SPLIT)
     labels = {**{name: artifact.label for name, artifact in ARTIFACTS.items()}, REFERENCE: REFERENCE_LABEL}
     candidates = [Candidate(name, labels[name], timings[name]["latency_ms_p50"], artifact_size(paths[name]))
