@@ -20,7 +20,8 @@ from tests.conftest import repo_params
 
 
 def budget(drop: float = 0.01, prune_share: float = 0.5) -> BudgetParams:
-    return BudgetParams(max_accuracy_drop=drop, max_latency_ms=None, max_size_mb=None, prune_share=prune_share)
+    return BudgetParams(max_accuracy_drop=drop, max_latency_ms=None, max_size_mb=None, prune_share=prune_share,
+                        latency_tie=0.1)
 
 
 def test_int8_may_spend_what_pruning_left_and_at_least_its_share():

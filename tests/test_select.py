@@ -138,10 +138,44 @@ def test_a_zero_budget_delivers_the_baseline_through_its_fastest_runtime(fake_pi
     models, data, benchmark, scored = fake_pipeline
     metrics, log = select_step.select_stage(models, data, benchmark, tmp_path / "deploy",
                                             budget(max_accuracy_drop=0.0), BENCH)
-    assert metrics["artifact"] == REFERENCE and [row["artifact"] for row in log][-1] == REFERENCE
-    assert metrics["candidates_scored"] == 6 == len([1 for _, split in scored if split == "calib"])
+    # PyTorch int8 (1.6 ms) is within budget.latency_tie of the reference (1.5) and is scored too: below budget.
+    assert [(row["artifact"], row["verdict"]) for row in log][-2:] == [(REFERENCE, "delivered"),
+                                                                      ("torch_int8", "below the accuracy budget")]
+    assert metrics["artifact"] == REFERENCE
+    assert metrics["candidates_scored"] == 7 == len([1 for _, split in scored if split == "calib"])
     manifest = read_deploy_manifest(tmp_path / "deploy")
     assert manifest["runtime"] == "onnxruntime" and manifest["source"]["path"] == "onnx/baseline.onnx"
+
+
+def test_artifacts_as_fast_within_the_latency_tie_go_to_the_most_accurate_on_validation(fake_pipeline, tmp_path,
+                                                                                        monkeypatch):
+    """ONNX Runtime fp32 10 % slower than int8 and more accurate is delivered; a tie of 0 delivers the fastest; an
+    artifact just past the tie, or past the latency goal, is not scored."""
+    models, data, benchmark, scored = fake_pipeline
+    benchmark = benchmark | {"ort_fp32_latency_ms_p50": 0.88}  # 0.8 ms x 1.1
+    metrics, log = select_step.select_stage(models, data, benchmark, tmp_path / "tie", budget(latency_tie=0.1), BENCH)
+    assert metrics["artifact"] == "ort_fp32" and metrics["val_accuracy"] == 0.977 and metrics["latency_tie"] == 0.1
+    assert metrics["latency_ms_p50"] == 0.88 and read_deploy_manifest(tmp_path / "tie")["source"]["path"] == (
+        "onnx/fp32.onnx")
+    assert [(row["artifact"], row["verdict"]) for row in log] == [
+        ("tvm_tune_int8", "below the accuracy budget"),
+        ("ort_int8", "within budget, but ort_fp32 is as fast (budget.latency_tie) and more accurate"),
+        ("ort_fp32", "delivered")]
+    scored.clear()
+    metrics, log = select_step.select_stage(models, data, benchmark, tmp_path / "fastest", budget(latency_tie=0.0),
+                                            BENCH)
+    assert metrics["artifact"] == "ort_int8" and [row["artifact"] for row in log] == ["tvm_tune_int8", "ort_int8"]
+    assert "ort_fp32" not in {name for name, _ in scored}
+    metrics, _ = select_step.select_stage(models, data, benchmark | {"ort_fp32_latency_ms_p50": 0.881},
+                                          tmp_path / "past", budget(latency_tie=0.1), BENCH)
+    assert metrics["artifact"] == "ort_int8"
+    metrics, _ = select_step.select_stage(models, data, benchmark, tmp_path / "goal",
+                                          budget(latency_tie=0.1, max_latency_ms=0.85), BENCH)
+    assert metrics["artifact"] == "ort_int8"
+    # Equal validation accuracy: the faster of the tied artifacts.
+    monkeypatch.setitem(VALIDATION, "ort_fp32", 0.976)
+    metrics, _ = select_step.select_stage(models, data, benchmark, tmp_path / "equal", budget(latency_tie=0.1), BENCH)
+    assert metrics["artifact"] == "ort_int8"
 
 
 def test_no_decision_reads_the_test_split(fake_pipeline, tmp_path, monkeypatch):
@@ -199,7 +233,8 @@ def test_a_missing_artifact_is_named_before_anything_is_scored(fake_pipeline, tm
 @pytest.mark.parametrize(("key", "value"), [
     ("max_accuracy_drop", -0.01), ("max_accuracy_drop", 1.5), ("max_accuracy_drop", ".nan"),
     ("max_accuracy_drop", "lots"), ("max_accuracy_drop", True), ("max_latency_ms", 0), ("max_latency_ms", -1),
-    ("max_latency_ms", ".inf"), ("max_latency_ms", ".nan"), ("max_size_mb", "big"), ("max_size_mb", False)])
+    ("max_latency_ms", ".inf"), ("max_latency_ms", ".nan"), ("max_size_mb", "big"), ("max_size_mb", False),
+    ("latency_tie", -0.1), ("latency_tie", 1), ("latency_tie", ".nan"), ("latency_tie", "some")])
 def test_a_bad_budget_is_refused_naming_the_key(tmp_path, key, value):
     values = {**repo_params("budget"), key: value}  # YAML as a user writes it: .nan and .inf unquoted
     lines = [f"  {name}: {'null' if v is None else str(v).lower() if isinstance(v, bool) else v}"

@@ -3,7 +3,10 @@
 The budget is the plate accuracy the delivered model may lose against the baseline, as an absolute share (0.005 is
 half a percentage point), measured on the validation split (the `calib` split of data/prepared: never the test
 split, which only verifies the model chosen). Optional goals: a batch-1 p50 latency the delivered model must reach
-and a size it must not exceed. Does not measure or choose anything (see select_step.py).
+and a size it must not exceed. `latency_tie` says when two latencies count as equal: on this shared machine the p50
+ratio of two artifacts moves by several per cent between benchmarks of the same bytes, so "the fastest" alone
+would let that noise pick between a float and an int8 model. Does not measure or choose anything (see
+select_step.py).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class BudgetParams:
     max_latency_ms: float | None  # None: no latency goal
     max_size_mb: float | None  # None: no size goal
     prune_share: float  # the share of max_accuracy_drop that `prune.ratio: auto` may spend, (0, 1]; int8 the rest
+    latency_tie: float  # p50s within this share above the fastest within budget count as equal, [0, 1)
 
     def __post_init__(self):
         drop = self.max_accuracy_drop
@@ -43,6 +47,10 @@ class BudgetParams:
         share = self.prune_share
         if isinstance(share, bool) or not isinstance(share, numbers.Real) or not 0 < share <= 1:
             raise InputError(f"budget.prune_share must be a share of the budget in (0, 1], got {share!r}")
+        tie = self.latency_tie
+        if isinstance(tie, bool) or not isinstance(tie, numbers.Real) or not 0 <= tie < 1:
+            raise InputError(f"budget.latency_tie must be a share of the fastest p50 in [0, 1) (0: no ties), got "
+                             f"{tie!r}")
         _optional_positive(self.max_latency_ms, "max_latency_ms")
         _optional_positive(self.max_size_mb, "max_size_mb")
 
@@ -59,7 +67,6 @@ class BudgetParams:
 
     def keeps_prune_share(self, accuracy: float, baseline_accuracy: float) -> bool:
         return keeps_floor(accuracy, self.prune_floor(baseline_accuracy))
-
 
     def int8_floor(self, baseline_accuracy: float, source_accuracy: float) -> float:
         """The lowest validation accuracy the int8 model of a float model at `source_accuracy` may keep: what pruning

@@ -208,10 +208,11 @@ def delivered_section(metrics: dict[str, dict], timings: dict[str, dict]) -> str
     baseline_ms = timings.get(BASELINE, {}).get("latency_ms_p50")
     reference_ms = timings.get(REFERENCE, {}).get("latency_ms_p50")
     lines = [
-        f"`models/deploy` (DVC artifact `lprnet`): **{artifact_label(chosen['artifact'])}**, the fastest artifact of "
-        "the benchmark whose validation accuracy (calib split) is within the budget, `budget.max_accuracy_drop` = "
-        f"{100 * chosen['max_accuracy_drop']:g} point(s) of the baseline's. Its test accuracy is measured after the "
-        "choice.", "",
+        f"`models/deploy` (DVC artifact `lprnet`): **{artifact_label(chosen['artifact'])}**, of the benchmark's "
+        "artifacts whose validation accuracy (calib split) is within the budget, `budget.max_accuracy_drop` = "
+        f"{100 * chosen['max_accuracy_drop']:g} point(s) of the baseline's, the most accurate on validation of those "
+        f"as fast as the fastest (batch-1 p50 at most {100 * chosen.get('latency_tie', 0):g} % above it, "
+        "`budget.latency_tie`). Its test accuracy is measured after the choice.", "",
         "| | delivered | baseline | change |", "|---|---|---|---|",
         f"| test accuracy | {_pct(chosen['accuracy'])} | {_pct(chosen['baseline_accuracy'])} | "
         f"{100 * (chosen['accuracy'] - chosen['baseline_accuracy']):+.1f} points |",

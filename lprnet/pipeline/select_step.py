@@ -3,7 +3,9 @@
 Candidates are every artifact the benchmark stage timed (pipeline/artifacts.py: ARTIFACTS, and ONNX Runtime fp32 on
 the unpruned baseline), walked from the lowest batch-1 p50 of that benchmark up. Each is scored on the validation
 split (budget.VALIDATION_SPLIT) until one keeps the budget's accuracy against the baseline's on the same split (and
-fits `max_size_mb`); that one is delivered, and the slower ones are not scored, since none of them could be chosen.
+fits `max_size_mb`). The candidates up to `budget.latency_tie` slower than that one are scored too, since they are
+as fast within this machine's noise, and the most accurate of them is delivered; slower ones are not scored, since
+none of them could be chosen.
 Only then is the test split read, to verify the delivered model as it was written (and the baseline beside it), so
 no decision depends on the test split (tests/test_select.py gives test accuracies that would favour another artifact).
 
@@ -49,11 +51,19 @@ class Candidate:
 
 def choose(candidates: list[Candidate], validation_accuracy: Callable[[Candidate], float],
            baseline_accuracy: float, budget: BudgetParams) -> tuple[Candidate | None, list[dict]]:
-    """The fastest candidate within `budget` (validation accuracy against `baseline_accuracy`, and the size goal),
-    or None; and one row per candidate looked at, fastest first, with its verdict. `validation_accuracy` is called
-    only for candidates that fit the size goal and are faster than the one chosen."""
-    log = []
+    """The candidate to deliver, or None; and one row per candidate looked at, fastest first, with its verdict.
+
+    The fastest candidate within `budget` (validation accuracy against `baseline_accuracy`, and the size goal) sets
+    the pace; every candidate whose p50 is at most `budget.latency_tie` above it (and within the latency goal) counts
+    as equally fast, and the most accurate of those on validation is delivered (the faster on equal accuracy).
+    `validation_accuracy` is called only for candidates that fit the size goal and are not slower than that."""
+    log, within = [], []  # within: (candidate, its row) inside the budget, fastest first
     for candidate in sorted(candidates, key=lambda c: c.latency_ms_p50):
+        if within:
+            pace = within[0][0].latency_ms_p50 * (1 + budget.latency_tie)
+            if candidate.latency_ms_p50 > pace or (budget.max_latency_ms is not None
+                                                   and candidate.latency_ms_p50 > budget.max_latency_ms):
+                break
         row = {"artifact": candidate.name, "latency_ms_p50": candidate.latency_ms_p50,
                "size_mb": candidate.size_bytes / 1e6, "val_accuracy": None}
         log.append(row)
@@ -62,10 +72,16 @@ def choose(candidates: list[Candidate], validation_accuracy: Callable[[Candidate
             continue
         row["val_accuracy"] = validation_accuracy(candidate)
         if budget.keeps_accuracy(row["val_accuracy"], baseline_accuracy):
-            row["verdict"] = "delivered"
-            return candidate, log
-        row["verdict"] = "below the accuracy budget"
-    return None, log
+            within.append((candidate, row))
+        else:
+            row["verdict"] = "below the accuracy budget"
+    if not within:
+        return None, log
+    chosen, _ = max(within, key=lambda pair: pair[1]["val_accuracy"])  # max keeps the first of equals
+    for candidate, row in within:
+        row["verdict"] = "delivered" if candidate is chosen else (
+            f"within budget, but {chosen.name} is as fast (budget.latency_tie) and more accurate")
+    return chosen, log
 
 
 def check_goals(chosen: Candidate | None, log: list[dict], budget: BudgetParams, baseline_accuracy: float) -> None:
@@ -126,7 +142,7 @@ def select_stage(models: str | os.PathLike, data: str | os.PathLike, benchmark: 
     baseline_val = validation_accuracy(baseline)
     chosen, log = choose(candidates, validation_accuracy, baseline_val, budget)
     check_goals(chosen, log, budget, baseline_val)
-    chosen_val = log[-1]["val_accuracy"]
+    chosen_val = scores[chosen.name]
 
     # The decision is taken: the test split verifies the delivered model, as written, against the baseline.
     test = load_prepared(data, "test")
@@ -155,6 +171,7 @@ def select_stage(models: str | os.PathLike, data: str | os.PathLike, benchmark: 
         "latency_ms_p50": chosen.latency_ms_p50, **{key: timings[chosen.name][key] for key in (
             "ratio_vs_baseline", "ratio_vs_ort_fp32_baseline")},
         "size_bytes": chosen.size_bytes, "max_accuracy_drop": budget.max_accuracy_drop,
+        "latency_tie": budget.latency_tie,
         "candidates_scored": len(scores),  # on the validation split, the baseline included
     }
     return metrics, log
