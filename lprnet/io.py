@@ -6,6 +6,7 @@ beside it is removed by the next write of the same path. Does not decide what to
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -119,3 +120,11 @@ def atomic_dir(path: str | os.PathLike):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

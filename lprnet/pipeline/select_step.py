@@ -25,9 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lprnet.compile.tvm.artifact import sha256_file
 from lprnet.errors import InputError
-from lprnet.io import atomic_dir, write_json_atomic
+from lprnet.io import atomic_dir, sha256_file, write_json_atomic
 from lprnet.model.data import load_prepared
 from lprnet.pipeline.artifacts import ARTIFACTS, BASELINE, REFERENCE, REFERENCE_LABEL, artifact_paths, split_benchmark
 from lprnet.pipeline.budget import VALIDATION_SPLIT, BudgetParams

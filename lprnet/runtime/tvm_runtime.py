@@ -13,8 +13,9 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from lprnet.compile.tvm.artifact import MANIFEST_FILE, check_library, read_manifest, sha256_file
+from lprnet.compile.tvm.artifact import MANIFEST_FILE, check_library, read_manifest
 from lprnet.errors import InputError, MissingFileError
+from lprnet.io import sha256_file
 from lprnet.model.alphabet import get_alphabet
 from lprnet.runtime.predictor import check_threads
 

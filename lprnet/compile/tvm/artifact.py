@@ -7,7 +7,6 @@ that only runs artifacts needs neither ONNX nor torch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -19,7 +18,7 @@ import tvm
 from tvm import relax
 
 from lprnet.errors import InputError, MissingFileError
-from lprnet.io import atomic_dir
+from lprnet.io import atomic_dir, sha256_file
 from lprnet.model.alphabet import get_alphabet
 
 INPUT_NAME = "images"  # lprnet.compile.onnx_export names the ONNX input so
@@ -28,14 +27,6 @@ IR_FILE = "model.relax.py"  # TVMScript text of the module that was built, for r
 MANIFEST_FILE = "manifest.json"
 ARTIFACT_FORMAT = 1
 MANIFEST_KEYS = ("format", "library", "library_sha256", "input_shape", "output_shape", "alphabet", "tvm_version")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_artifact(folder: str | os.PathLike, executable: relax.VMExecutable, mod: tvm.IRModule, target: dict,
