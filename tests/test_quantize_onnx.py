@@ -122,11 +122,25 @@ def int8_torch_model(model, images):
     return quantize(model, calibrate(model, images, "histogram"))
 
 
-def test_the_qdq_model_takes_the_torch_int8_quantization(tmp_path, random_model, latin, images_and_labels):
+@pytest.fixture(scope="module")
+def random_exported(tmp_path_factory):
+    """conftest's random model (seed 0), its fp32 ONNX export and its PyTorch int8 model, made once for the tests
+    below (an export takes seconds); none of them writes to the export."""
+    from lprnet.model.alphabet import get_alphabet
+    from lprnet.model.synth import render_split
+    from tests.conftest import make_random_model
+
+    latin = get_alphabet("latin")
+    model = make_random_model(latin)
+    images, _ = render_split(seed=3, split="test", count=24, symbols=latin.symbols)  # conftest's images_and_labels
+    path = tmp_path_factory.mktemp("random") / "fp32.onnx"
+    export_onnx(model, latin, path)
+    return model, path, int8_torch_model(model, images)
+
+
+def test_the_qdq_model_takes_the_torch_int8_quantization(tmp_path, random_exported, images_and_labels):
     images, _ = images_and_labels
-    torch_int8 = int8_torch_model(random_model, images)
-    fp32_path = tmp_path / "fp32.onnx"
-    export_onnx(random_model, latin, fp32_path)
+    random_model, fp32_path, torch_int8 = random_exported
     plan = torch_int8_plan(onnx.load(str(fp32_path)), torch_int8)
     quantize_qdq(plan, tmp_path / "int8.onnx")
     proto = onnx.load(str(tmp_path / "int8.onnx"))
@@ -151,13 +165,12 @@ def test_the_qdq_model_takes_the_torch_int8_quantization(tmp_path, random_model,
     assert_no_exporter_metadata(tmp_path / "int8.onnx")
 
 
-def test_onnx_runtime_runs_the_int8_models_max_pools_in_float(tmp_path, random_model, latin, images_and_labels):
+def test_onnx_runtime_runs_the_int8_models_max_pools_in_float(tmp_path, random_exported, images_and_labels):
     import onnxruntime as ort
 
     images, _ = images_and_labels
-    export_onnx(random_model, latin, tmp_path / "fp32.onnx")
-    quantize_qdq(torch_int8_plan(onnx.load(str(tmp_path / "fp32.onnx")), int8_torch_model(random_model, images)),
-                 tmp_path / "int8.onnx")
+    _, fp32_path, torch_int8 = random_exported
+    quantize_qdq(torch_int8_plan(onnx.load(str(fp32_path)), torch_int8), tmp_path / "int8.onnx")
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "default.onnx")
     default = ort.InferenceSession(str(tmp_path / "int8.onnx"), options, providers=["CPUExecutionProvider"])
@@ -176,27 +189,26 @@ def test_onnx_runtime_runs_the_int8_models_max_pools_in_float(tmp_path, random_m
     assert np.array_equal(ours.run(None, {"images": x})[0], default.run(None, {"images": x})[0])
 
 
-def test_an_int8_model_of_another_architecture_is_refused(tmp_path, random_model, latin, images_and_labels):
+def test_an_int8_model_of_another_architecture_is_refused(random_exported, images_and_labels):
     import dataclasses
 
     from lprnet.model.network import LPRNet
 
-    fp32_path = tmp_path / "fp32.onnx"
-    export_onnx(random_model, latin, fp32_path)
+    random_model, fp32_path, _ = random_exported
     other = LPRNet(dataclasses.replace(random_model.config, num_classes=random_model.config.num_classes + 1)).eval()
     with pytest.raises(ValueError, match=r"expected one ONNX Conv with \(36, .*\) weights left, found 0"):
         torch_int8_plan(onnx.load(str(fp32_path)), int8_torch_model(other, images_and_labels[0]))
 
 
-def test_layers_kept_float_in_pytorch_are_float_in_the_qdq_model(tmp_path, random_model, latin, images_and_labels):
+def test_layers_kept_float_in_pytorch_are_float_in_the_qdq_model(tmp_path, random_exported, images_and_labels):
     from lprnet.optimize.calibrate import calibrate
     from lprnet.optimize.quantize import quantize
 
     images, _ = images_and_labels
+    random_model, fp32_path, _ = random_exported
     float_layers = ("backbone.0", "backbone.7.pool", "backbone.16")  # a conv before a pool, a pool, a conv + dropout
     mixed = quantize(random_model, calibrate(random_model, images, "histogram"), float_layers)
-    export_onnx(random_model, latin, tmp_path / "fp32.onnx")
-    plan = torch_int8_plan(onnx.load(str(tmp_path / "fp32.onnx")), mixed)
+    plan = torch_int8_plan(onnx.load(str(fp32_path)), mixed)
     quantize_qdq(plan, tmp_path / "int8.onnx")
     graph = onnx.load(str(tmp_path / "int8.onnx")).graph
     dequantized = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}

@@ -159,7 +159,7 @@ def test_artifacts_as_fast_within_the_latency_tie_go_to_the_most_accurate_on_val
         "onnx/fp32.onnx")
     assert [(row["artifact"], row["verdict"]) for row in log] == [
         ("tvm_tune_int8", "below the accuracy budget"),
-        ("ort_int8", "within budget, but ort_fp32 is as fast (budget.latency_tie) and more accurate"),
+        ("ort_int8", "within budget, as fast as ort_fp32 (budget.latency_tie), less accurate"),
         ("ort_fp32", "delivered")]
     scored.clear()
     metrics, log = select_step.select_stage(models, data, benchmark, tmp_path / "fastest", budget(latency_tie=0.0),

@@ -79,7 +79,7 @@ def choose(candidates: list[Candidate], validation_accuracy: Callable[[Candidate
     chosen, _ = max(within, key=lambda pair: pair[1]["val_accuracy"])  # max keeps the first of equals
     for candidate, row in within:
         row["verdict"] = "delivered" if candidate is chosen else (
-            f"within budget, but {chosen.name} is as fast (budget.latency_tie) and more accurate")
+            f"within budget, as fast as {chosen.name} (budget.latency_tie), less accurate")
     return chosen, log
 
 
