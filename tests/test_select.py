@@ -174,8 +174,10 @@ def test_artifacts_as_fast_within_the_latency_tie_go_to_the_most_accurate_on_val
     assert metrics["artifact"] == "ort_int8"
     # Equal validation accuracy: the faster of the tied artifacts.
     monkeypatch.setitem(VALIDATION, "ort_fp32", 0.976)
-    metrics, _ = select_step.select_stage(models, data, benchmark, tmp_path / "equal", budget(latency_tie=0.1), BENCH)
+    metrics, log = select_step.select_stage(models, data, benchmark, tmp_path / "equal", budget(latency_tie=0.1),
+                                            BENCH)
     assert metrics["artifact"] == "ort_int8"
+    assert [row["verdict"] for row in log][1:] == ["delivered", "within budget, as accurate as ort_int8, slower"]
 
 
 def test_no_decision_reads_the_test_split(fake_pipeline, tmp_path, monkeypatch):

@@ -76,10 +76,12 @@ def choose(candidates: list[Candidate], validation_accuracy: Callable[[Candidate
             row["verdict"] = "below the accuracy budget"
     if not within:
         return None, log
-    chosen, _ = max(within, key=lambda pair: pair[1]["val_accuracy"])  # max keeps the first of equals
+    chosen, chosen_row = max(within, key=lambda pair: pair[1]["val_accuracy"])  # max keeps the first of equals
     for candidate, row in within:
         row["verdict"] = "delivered" if candidate is chosen else (
-            f"within budget, as fast as {chosen.name} (budget.latency_tie), less accurate")
+            f"within budget, as fast as {chosen.name} (budget.latency_tie), less accurate"
+            if row["val_accuracy"] < chosen_row["val_accuracy"] else
+            f"within budget, as accurate as {chosen.name}, slower")
     return chosen, log
 
 
