@@ -41,11 +41,12 @@ lint: $(VENV)/.installed
 	ruff check .
 
 # pip compiles the bytecode of what it installs one file at a time, most of the install's time here; compileall does
-# it on every core (85 s in all against 139 s). Like pip, it skips a file that does not compile (torch ships
-# Python 3.12-only test helpers), hence -qq and `|| true`.
+# it on every core (85 s in all against 139 s), leaving out the dependencies' own test suites (-x: a fifth of their
+# files, never imported here; 51 -> 39 s). Like pip, it skips a file that does not compile (torch ships Python
+# 3.12-only test helpers), hence -qq and `|| true`.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet --no-compile -c constraints.txt -e '.[dev]'
-	$(BIN)/python -m compileall -qq -j 0 $(VENV)/lib || true
+	$(BIN)/python -m compileall -qq -j 0 -x '/tests/' $(VENV)/lib || true
 	touch $@
