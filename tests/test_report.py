@@ -108,7 +108,7 @@ def test_the_document_reads_the_flat_benchmark_file():
         {"cpu": "AMD EPYC, x86_64 family 25 model 1, AVX2 + FMA, no AVX-512", "threads": 2, "runs": 100}, benchmark)},
         "none")
     assert "(stage `benchmark`), on AMD EPYC, x86_64 family 25 model 1, AVX2 + FMA, no AVX-512. Accuracy" in named
-    assert "ONNX Runtime fp32 on the unpruned baseline: 1.80 ms." in text
+    assert "ONNX Runtime fp32 on the unpruned baseline, the reference of the speed targets: 1.80 ms." in text
     assert "| ONNX Runtime fp32 | 97.5 % | 1.20 | 1.90 | 777 | 1.00 | 1.00 | - |" in text
     assert text.endswith("## Changes since the previous commit\n\nnone\n")
 
@@ -179,6 +179,36 @@ def test_the_plot_data_adds_the_delivered_model_even_without_a_row_of_its_own(tm
     assert [name for name, row in points.items() if row["delivered"] == "1"] == [REFERENCE_LABEL]
     assert {name for name, row in points.items() if row["pareto"] == "1"} == {REFERENCE_LABEL, "ONNX Runtime int8"}
     assert len(read_csv(tmp_path / "sizes.csv", report.SIZE_COLUMNS)) == len(table) == len(points) - 1
+
+
+def test_onnx_runtime_on_the_baseline_gets_a_row_after_the_baselines_and_its_place_on_the_pareto_front(tmp_path):
+    """With its test accuracy in select.json, the reference of every speed ratio is an artifact like the others: a
+    row beside the PyTorch baseline's, which it dominates here (as accurate, faster), so the baseline leaves the
+    Pareto front; a bar among the sizes; a value that is not a number is refused naming select.json's key."""
+    metrics, benchmark = fake_results(tuned_ms=1.2, pruned_int8_accuracy=0.976)
+    for stage in metrics.values():
+        stage["size_bytes"] = 400_000
+    benchmark["torch_fp32_baseline"] = {"latency_ms_p50": 8.0, "latency_ms_p90": 8.0, "throughput_ips": 1.0,
+                                        "ratio_vs_baseline": 1.0, "ratio_vs_ort_fp32": 8.0 / 1.2}
+    metrics["select"] = delivered("ort_int8", benchmark, 0.976) | {"reference_accuracy": 0.98,
+                                                                   "reference_size_bytes": 1_200_000}
+    table = report.rows(metrics, benchmark)
+    assert [row["artifact"] for row in table[:2]] == ["PyTorch fp32 baseline", REFERENCE_LABEL]
+    text = report.document({**metrics, "benchmark": flat_benchmark({"threads": 2, "runs": 100}, benchmark)}, "none")
+    lines = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
+    assert lines[REFERENCE_LABEL].startswith(f"| {REFERENCE_LABEL} | 98.0 % | 1.80 | 1.80 |")
+    assert lines[REFERENCE_LABEL].endswith("| 1.200 | - | - | - | yes |")
+    assert lines["PyTorch fp32 baseline"].endswith("|  |")  # as accurate as the reference, and slower
+    report.check_rows(table, tmp_path)
+    report.write_plot_data(table, metrics["select"], tmp_path / "pareto.csv", tmp_path / "sizes.csv")
+    points = {row["artifact"]: row for row in read_csv(tmp_path / "pareto.csv", report.PARETO_COLUMNS)}
+    assert points[REFERENCE_LABEL]["pareto"] == "1" and points["PyTorch fp32 baseline"]["pareto"] == "0"
+    assert len(points) == len(table)  # the delivered model has its row: no point added
+    sizes = {row["artifact"]: row["size_mb"] for row in read_csv(tmp_path / "sizes.csv", report.SIZE_COLUMNS)}
+    assert float(sizes[REFERENCE_LABEL]) == 1.2
+    metrics["select"]["reference_accuracy"] = float("nan")
+    with pytest.raises(InputError, match=r"select\.json: reference_accuracy is nan, not a finite number"):
+        report.check_rows(report.rows(metrics, benchmark), tmp_path)
 
 
 def test_the_pngs_are_drawn_from_the_plot_data_files_alone(tmp_path):

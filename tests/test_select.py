@@ -31,7 +31,7 @@ LATENCY = {"torch_fp32_baseline": 8.0, "torch_fp32_pruned": 5.0, "torch_int8": 1
            "tvm_tune_int8": 0.6, REFERENCE: 1.5}
 VALIDATION = {name: 0.977 for name in LATENCY} | {"torch_fp32_baseline": 0.98, REFERENCE: 0.98,
                                                   "tvm_tune_int8": 0.962, "ort_int8": 0.976}
-TEST = {name: 0.95 for name in LATENCY} | {"torch_fp32_baseline": 0.982}
+TEST = {name: 0.95 for name in LATENCY} | {"torch_fp32_baseline": 0.982, REFERENCE: 0.981}
 
 
 class FakePredictor:
@@ -112,6 +112,7 @@ def test_the_fastest_artifact_within_budget_is_delivered_and_slower_ones_are_not
     assert metrics["val_accuracy"] == 0.976 and metrics["baseline_val_accuracy"] == 0.98
     assert metrics["accuracy"] == 0.95 and metrics["baseline_accuracy"] == 0.982
     assert math.isclose(metrics["accuracy_drop"], 0.032) and metrics["latency_ms_p50"] == 0.8
+    assert metrics["reference_accuracy"] == 0.981 and metrics["reference_size_bytes"] == 1_200_000
     manifest = read_deploy_manifest(tmp_path / "deploy")
     assert manifest["runtime"] == "onnxruntime" and manifest["artifact"] == "model.onnx"
     assert (tmp_path / "deploy" / "model.onnx").read_bytes() == (models / "onnx/int8.onnx").read_bytes()
@@ -141,7 +142,7 @@ def test_a_zero_budget_delivers_the_baseline_through_its_fastest_runtime(fake_pi
     # PyTorch int8 (1.6 ms) is within budget.latency_tie of the reference (1.5) and is scored too: below budget.
     assert [(row["artifact"], row["verdict"]) for row in log][-2:] == [(REFERENCE, "delivered"),
                                                                       ("torch_int8", "below the accuracy budget")]
-    assert metrics["artifact"] == REFERENCE
+    assert metrics["artifact"] == REFERENCE and metrics["accuracy"] == metrics["reference_accuracy"] == 0.981
     assert metrics["candidates_scored"] == 7 == len([1 for _, split in scored if split == "calib"])
     manifest = read_deploy_manifest(tmp_path / "deploy")
     assert manifest["runtime"] == "onnxruntime" and manifest["source"]["path"] == "onnx/baseline.onnx"
@@ -189,7 +190,9 @@ def test_no_decision_reads_the_test_split(fake_pipeline, tmp_path, monkeypatch):
     metrics, _ = select_step.select_stage(models, data, benchmark, tmp_path / "deploy", budget(), BENCH)
     assert metrics["artifact"] == "ort_int8" and metrics["accuracy"] == 0.10
     splits = [split for _, split in scored]
-    assert splits == ["calib"] * 3 + ["test"] * 2  # the baseline's and the delivered copy's verification
+    # The verification: the baseline, ONNX Runtime fp32 on the baseline (the report's row of it), the delivered copy.
+    assert splits == ["calib"] * 3 + ["test"] * 3
+    assert [name for name, split in scored if split == "test"] == ["torch_fp32_baseline", REFERENCE, "delivered"]
 
 
 def test_a_size_goal_skips_larger_artifacts_and_none_fitting_is_an_error_naming_the_closest(fake_pipeline, tmp_path):

@@ -74,15 +74,25 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> set[str]:
                        for other_latency, other_accuracy in points.values())}
 
 
+# select.json's keys of ONNX Runtime fp32 on the baseline (artifacts.REFERENCE), which has no stage metrics of its own.
+REFERENCE_KEYS = {"accuracy": "reference_accuracy", "size_bytes": "reference_size_bytes"}
+
+
 def rows(metrics: dict[str, dict], timings: dict[str, dict]) -> list[dict]:
     """One row per artifact present in both the stage metrics and the benchmark's `timings` (artifact -> its
-    metrics, see `benchmark_results`)."""
+    metrics, see `benchmark_results`), and after the baseline's the reference's, ONNX Runtime fp32 on the baseline,
+    when select.json has its test accuracy: every speed ratio is taken against it, and it belongs on the Pareto
+    front it may dominate."""
     table = []
     for key, artifact in ARTIFACTS.items():
         if artifact.metrics in metrics and key in timings:
             stage = metrics[artifact.metrics]
             table.append({"artifact": artifact.label, "key": key, "accuracy": stage.get("accuracy"),
                           "size_bytes": stage.get("size_bytes"), **timings[key]})
+        if key == BASELINE and REFERENCE in timings and REFERENCE_KEYS["accuracy"] in metrics.get(SELECT, {}):
+            table.append({"artifact": REFERENCE_LABEL, "key": REFERENCE,
+                          **{name: metrics[SELECT].get(stored) for name, stored in REFERENCE_KEYS.items()},
+                          **timings[REFERENCE]})
     return table
 
 
@@ -92,8 +102,12 @@ def check_rows(table: list[dict], metrics_dir: Path) -> None:
         for name in ("accuracy", "size_bytes", "latency_ms_p50"):
             value = row.get(name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                stem = BENCHMARK if name.startswith("latency") else ARTIFACTS[row["key"]].metrics
-                shown = benchmark_key(row["key"], name) if stem == BENCHMARK else name
+                if name.startswith("latency"):
+                    stem, shown = BENCHMARK, benchmark_key(row["key"], name)
+                elif row["key"] == REFERENCE:
+                    stem, shown = SELECT, REFERENCE_KEYS[name]
+                else:
+                    stem, shown = ARTIFACTS[row["key"]].metrics, name
                 raise InputError(f"{metrics_dir / stem}.json: {shown} is {value!r}, not a finite number")
 
 
@@ -303,8 +317,8 @@ The study's figures are as it reported them (its latency timed image decoding an
 
 ## Every artifact, side by side
 
-Ratios are of p50 latency: to the PyTorch fp32 baseline and to ONNX Runtime fp32 on the same (pruned) model.
-ONNX Runtime fp32 on the unpruned baseline: {_ms(reference)} ms.
+Ratios are of p50 latency: to the PyTorch fp32 baseline and to ONNX Runtime fp32 on the pruned model.
+ONNX Runtime fp32 on the unpruned baseline, the reference of the speed targets: {_ms(reference)} ms.
 
 {artifact_table(table)}
 
@@ -328,8 +342,9 @@ Batch 1, from this benchmark; the delivered model's test accuracy from the selec
 """
 
 
-# reports/pareto.csv: every artifact with stage metrics, and the delivered model when it has none (ONNX Runtime on the
-# baseline); `pareto` and `delivered` are 1 or 0. reports/sizes.csv: every artifact with stage metrics.
+# reports/pareto.csv: every row of `rows` (ONNX Runtime on the baseline included), and the delivered model if it is
+# not one (a select.json written before the reference's keys); `pareto` and `delivered` are 1 or 0.
+# reports/sizes.csv: every row of `rows`.
 PARETO_COLUMNS = ("artifact", "latency_ms_p50", "accuracy", "pareto", "delivered")
 SIZE_COLUMNS = ("artifact", "size_mb")
 PLOT_DIGITS = 4  # decimals of the plot data: readable files, small diffs

@@ -6,8 +6,10 @@ split (budget.VALIDATION_SPLIT) until one keeps the budget's accuracy against th
 fits `max_size_mb`). The candidates up to `budget.latency_tie` slower than that one are scored too, since they are
 as fast within this machine's noise, and the most accurate of them is delivered; slower ones are not scored, since
 none of them could be chosen.
-Only then is the test split read, to verify the delivered model as it was written (and the baseline beside it), so
-no decision depends on the test split (tests/test_select.py gives test accuracies that would favour another artifact).
+Only then is the test split read, to verify the delivered model as it was written and, beside it, the baseline and
+ONNX Runtime fp32 on the baseline (the reference of every speed ratio, which the report places among the artifacts
+by that accuracy), so no decision depends on the test split (tests/test_select.py gives test accuracies that would
+favour another artifact).
 
 The folder gets the artifact in its runtime's own format and a manifest (lprnet/runtime/deploy.py). A latency goal
 no candidate within the accuracy budget reaches, or a size goal none fits, stops the stage with an error that names
@@ -148,6 +150,9 @@ def select_stage(models: str | os.PathLike, data: str | os.PathLike, benchmark: 
     # The decision is taken: the test split verifies the delivered model, as written, against the baseline.
     test = load_prepared(data, "test")
     baseline_test = evaluate(loaded[BASELINE], *test, bench.eval_batch)
+    reference = next(c for c in candidates if c.name == REFERENCE)
+    reference_test = evaluate(loaded.get(REFERENCE) or load_predictor(paths[REFERENCE], bench.threads), *test,
+                              bench.eval_batch)
     source = paths[chosen.name]
     with atomic_dir(out) as folder:
         delivered = load_predictor(copy_artifact(source, folder, loaded[chosen.name].name), bench.threads)
@@ -174,6 +179,8 @@ def select_stage(models: str | os.PathLike, data: str | os.PathLike, benchmark: 
         "size_bytes": chosen.size_bytes, "max_accuracy_drop": budget.max_accuracy_drop,
         "latency_tie": budget.latency_tie,
         "candidates_scored": len(scores),  # on the validation split, the baseline included
+        # ONNX Runtime fp32 on the baseline (artifacts.REFERENCE), verified like the baseline: the report's row of it.
+        "reference_accuracy": reference_test["accuracy"], "reference_size_bytes": reference.size_bytes,
     }
     return metrics, log
 
