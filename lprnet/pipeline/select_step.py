@@ -151,8 +151,8 @@ def select_stage(models: str | os.PathLike, data: str | os.PathLike, benchmark: 
     test = load_prepared(data, "test")
     baseline_test = evaluate(loaded[BASELINE], *test, bench.eval_batch)
     reference = next(c for c in candidates if c.name == REFERENCE)
-    reference_test = evaluate(loaded.get(REFERENCE) or load_predictor(paths[REFERENCE], bench.threads), *test,
-                              bench.eval_batch)
+    reference_predictor = loaded[REFERENCE] if REFERENCE in loaded else load_predictor(paths[REFERENCE], bench.threads)
+    reference_test = evaluate(reference_predictor, *test, bench.eval_batch)
     source = paths[chosen.name]
     with atomic_dir(out) as folder:
         delivered = load_predictor(copy_artifact(source, folder, loaded[chosen.name].name), bench.threads)
