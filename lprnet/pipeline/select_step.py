@@ -135,10 +135,14 @@ def select_stage(models: str | os.PathLike, data: str | os.PathLike, benchmark: 
 
     loaded, scores = {}, {}  # candidate name -> its predictor, its validation accuracy
 
+    def predictor(name: str):
+        if name not in loaded:
+            loaded[name] = load_predictor(paths[name], bench.threads)
+        return loaded[name]
+
     def validation_accuracy(candidate: Candidate) -> float:
         if candidate.name not in scores:
-            loaded[candidate.name] = load_predictor(paths[candidate.name], bench.threads)
-            scores[candidate.name] = evaluate(loaded[candidate.name], *validation, bench.eval_batch)["accuracy"]
+            scores[candidate.name] = evaluate(predictor(candidate.name), *validation, bench.eval_batch)["accuracy"]
         return scores[candidate.name]
 
     baseline = next(c for c in candidates if c.name == BASELINE)
@@ -149,13 +153,12 @@ def select_stage(models: str | os.PathLike, data: str | os.PathLike, benchmark: 
 
     # The decision is taken: the test split verifies the delivered model, as written, against the baseline.
     test = load_prepared(data, "test")
-    baseline_test = evaluate(loaded[BASELINE], *test, bench.eval_batch)
+    baseline_test = evaluate(predictor(BASELINE), *test, bench.eval_batch)
     reference = next(c for c in candidates if c.name == REFERENCE)
-    reference_predictor = loaded[REFERENCE] if REFERENCE in loaded else load_predictor(paths[REFERENCE], bench.threads)
-    reference_test = evaluate(reference_predictor, *test, bench.eval_batch)
+    reference_test = evaluate(predictor(REFERENCE), *test, bench.eval_batch)
     source = paths[chosen.name]
     with atomic_dir(out) as folder:
-        delivered = load_predictor(copy_artifact(source, folder, loaded[chosen.name].name), bench.threads)
+        delivered = load_predictor(copy_artifact(source, folder, predictor(chosen.name).name), bench.threads)
         delivered_test = evaluate(delivered, *test, bench.eval_batch)
         write_json_atomic(folder / DEPLOY_FILE, deploy_manifest(delivered, bench.threads, {
             "source": {"artifact": chosen.name, "label": chosen.label, "sha256": sha256_path(source),
