@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +183,20 @@ def test_save_load_round_trip_gives_identical_logits(tmp_path, random_model, lat
 
 
 @pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")
+def test_loading_an_int8_model_in_a_fresh_process_imports_no_compiler(tmp_path, random_model, latin,
+                                                                     calibration_images):
+    """Without calibrate.untraced_fx, the FX tracer's stack traces import torch._dynamo and torch._inductor: 3 s in
+    every process that loads an int8 model (benchmark, select, `lprnet predict`)."""
+    calibration = calibrate(random_model, calibration_images, DEFAULT_METHOD)
+    path = tmp_path / "int8.pt"
+    save_quantized(path, random_model.config, latin, quantize(random_model, calibration), calibration)
+    code = ("import sys\nfrom lprnet.optimize.quantize import load_quantized\nload_quantized(sys.argv[1])\n"
+            "print([name for name in ('torch._dynamo', 'torch._inductor') if name in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+
+
 def test_a_pruned_layout_quantizes_and_round_trips(tmp_path, latin, calibration_images, images_and_labels):
     # Uneven kept pool channels take the index-select path, and the widths no longer match the published ones.
     config = LPRNetConfig(num_classes=latin.num_classes, stem=48, block1=96, block2=200, block3=180, head=160,

@@ -276,12 +276,26 @@ def quiet_torch_ao():
         yield
 
 
+@contextmanager
+def untraced_fx():
+    """FX tracing without a Python stack trace recorded on every node (torch.fx.config.do_not_emit_stack_traces).
+    torch.ao's quantization tracer records them for its error messages, and the first one it formats imports
+    torch._dynamo and torch._inductor: 3 s of the 3.3 it took to load an int8 model in a fresh process. The graphs
+    traced here come from one module we wrote, and nothing reads the traces."""
+    previous = torch.fx.config.do_not_emit_stack_traces
+    torch.fx.config.do_not_emit_stack_traces = True
+    try:
+        yield
+    finally:
+        torch.fx.config.do_not_emit_stack_traces = previous
+
+
 def prepare_observed(model: LPRNet, method: str, float_layers: tuple[str, ...] = ()) -> torch.fx.GraphModule:
     """An FX copy of `model` (the model itself is untouched) with conv-bn-relu fused and an observer on every
     activation the int8 model with `float_layers` float quantizes, keyed by the traced node names, which do not
     depend on the split (see `calibrate` for which tensors one calibration covers)."""
     example = (torch.zeros(1, 3, INPUT_HEIGHT, INPUT_WIDTH),)
-    with quiet_torch_ao():
+    with quiet_torch_ao(), untraced_fx():
         return prepare_fx(copy.deepcopy(model).eval(), qconfig_mapping(method, float_modules_of(model, float_layers)),
                           example)
 

@@ -34,6 +34,7 @@ from lprnet.optimize.calibrate import (
     observers,
     prepare_observed,
     quiet_torch_ao,
+    untraced_fx,
 )
 from lprnet.optimize.quantize import convert, load_statistics
 
@@ -54,7 +55,7 @@ def prepare_qat(model: LPRNet, calibration: dict, float_layers: tuple[str, ...] 
     check_calibration(calibration, "calibration", model)
     float_layers = check_float_layers(model, float_layers, "float_layers")
     example = (torch.zeros(1, 3, INPUT_HEIGHT, INPUT_WIDTH),)
-    with quiet_torch_ao():
+    with quiet_torch_ao(), untraced_fx():
         prepared = prepare_qat_fx(copy.deepcopy(model).train(),
                                   qat_qconfig_mapping(float_modules_of(model, float_layers)), example)
     prepared.apply(intrinsic_qat.freeze_bn_stats)
