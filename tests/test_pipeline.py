@@ -312,8 +312,8 @@ def test_folder_profile_with_published_weights(repo, published_weights, publishe
          # A small test share keeps the untuned TVM stage quick: 56 plates.
          "-S", "data.finetune_fraction=0.7", "-S", "data.test_fraction=0.1",
          # All int8, whatever it costs: the float fallback scores every layer's sensitivity (a minute here), and
-         # tests/test_quantize_fallback.py tests it.
-         "-S", "quantize.float_fallback=false", "tvm-import"], repo)
+         # tests/test_quantize_fallback.py tests it. Post-training only: the tiny repro above runs QAT.
+         "-S", "quantize.float_fallback=false", "-S", "quantize.qat_steps=0", "tvm-import"], repo)
     data = json.loads((repo / "metrics/data.json").read_text())
     assert data["num_calib"] + data["num_train"] + data["num_test"] == len(list(published_images.iterdir()))
     baseline = json.loads((repo / "metrics/baseline.json").read_text())
