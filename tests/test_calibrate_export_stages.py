@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 import pytest
 import yaml
 
@@ -121,6 +122,13 @@ def test_the_steps_calibrate_quantize_and_export_with_onnx_runtime_ranges(tmp_pa
     assert common | {"agreement_with_torch_int8"} <= set(int8)
     assert fp32["max_abs_logit_diff"] <= repo_params("export_onnx")["fp32_tolerance"]
     assert int8["agreement_with_torch_int8"] >= 0.5
+    # The first pool's selection is folded into the 1x1 convolution after it in the fp32 graphs, not in the int8
+    # graph, which is built from the export before the fold.
+    assert fp32["channel_selections_folded"] == 1
+
+    def slices(path):
+        return [node.op_type for node in onnx.load(path).graph.node].count("Slice")
+    assert slices(tmp_path / "int8.onnx") == slices(tmp_path / "fp32.onnx") + 1
 
 
 def test_the_export_step_refuses_a_folder_that_is_not_the_calibrate_stages(tmp_path, stage_inputs):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lprnet.compile.onnx_export import export_onnx
+from lprnet.compile.onnx_export import export_onnx, fold_channel_selections
 from lprnet.model.checkpoint import load_model, save_model
 from lprnet.model.data import list_images, load_folder
 from lprnet.model.network import LPRNet, LPRNetConfig
@@ -288,6 +288,29 @@ def test_pruned_model_exports_to_onnx_and_matches_onnxruntime(random_model, lati
     predictor = load_predictor(tmp_path / "pruned.onnx")
     x = as_input(images_and_labels[0][:5])
     np.testing.assert_allclose(predictor(x.numpy()), logits(model, x).numpy(), rtol=1e-4, atol=1e-4)
+    check_fold(tmp_path / "pruned.onnx", "Slice", model, x)
+
+
+def check_fold(path, selection_op: str, model: LPRNet, x: torch.Tensor) -> None:
+    """fold_channel_selections folds the first pool's selection (a 1x1 convolution after it), not the second's (1x4
+    convolution), and the folded graph computes the model's logits."""
+    import onnx
+
+    exported = onnx.load(path)
+    folded = onnx.load(path)
+    assert fold_channel_selections(folded) == 1
+    producer = {output: node for node in folded.graph.node for output in node.output}
+    pools = [node for node in folded.graph.node if node.op_type == "MaxPool"]
+    assert [producer[pool.input[0]].op_type for pool in pools] == ["Relu", "Relu", selection_op]
+    convs = [node for node in folded.graph.node if node.op_type == "Conv" and node.input[0] == pools[1].output[0]]
+    weight = next(init for init in folded.graph.initializer if init.name == convs[0].input[1])
+    assert weight.dims[1] == model.config.block1 and weight.dims[2:] == [1, 1]  # every channel of the first block
+    ops = [node.op_type for node in folded.graph.node]
+    assert ops.count(selection_op) == [node.op_type for node in exported.graph.node].count(selection_op) - 1
+    onnx.checker.check_model(folded)
+    onnx.save(folded, path.with_name("folded.onnx"))
+    np.testing.assert_allclose(load_predictor(path.with_name("folded.onnx"))(x.numpy()), logits(model, x).numpy(),
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_an_uneven_pool_selection_still_exports_as_gather(latin, images_and_labels, tmp_path):
@@ -305,3 +328,4 @@ def test_an_uneven_pool_selection_still_exports_as_gather(latin, images_and_labe
     x = as_input(images_and_labels[0][:5])
     np.testing.assert_allclose(load_predictor(tmp_path / "uneven.onnx")(x.numpy()), logits(model, x).numpy(),
                                rtol=1e-4, atol=1e-4)
+    check_fold(tmp_path / "uneven.onnx", "Gather", model, x)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+import numpy as np
 import onnx
 import torch
 
@@ -37,6 +38,80 @@ def export_onnx(model: torch.nn.Module, alphabet: Alphabet, path: str | os.PathL
         onnx.helper.set_model_props(proto, {"alphabet": alphabet.name})
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
+
+
+def fold_channel_selections(model: onnx.ModelProto) -> int:
+    """Fold each channel selection that feeds a MaxPool and then a 1x1 convolution into that convolution, in place;
+    returns how many were folded.
+
+    The pools that keep a subset of channels (ChannelSelectMaxPool) export as a Slice or Gather on the channel axis,
+    a MaxPool, and the next block's first convolution. ONNX Runtime's NCHWc kernels have no channel slice, so it
+    converts the tensor back to NCHW around it and runs the pool and that convolution in NCHW. Max pooling is per
+    channel: pooling every channel and giving the convolution zero weights for the dropped ones computes the same
+    sums (in another order), and the pool and the convolution stay in NCHWc. Only 1x1 convolutions are widened: for
+    a KxL one every dropped channel costs KxL times as many multiply-adds (the 1x4 one after LPRNet's second pool
+    ran no faster widened). Apply it to the fp32 graphs ONNX Runtime runs, after any int8 plan (onnx_int8.py pairs
+    convolutions by weight shape)."""
+    constants = {init.name: init for init in model.graph.initializer}
+    constants.update({node.output[0]: node.attribute[0].t for node in model.graph.node
+                      if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value"})
+    shapes = {value.name: [dim.dim_value for dim in value.type.tensor_type.shape.dim]
+              for value in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def only_consumer(tensor: str, op_type: str) -> onnx.NodeProto | None:
+        found = consumers.get(tensor, [])
+        return found[0] if len(found) == 1 and found[0].op_type == op_type else None
+
+    folded = []
+    for node in model.graph.node:
+        kept = _selected_channels(node, constants, shapes)
+        pool = only_consumer(node.output[0], "MaxPool") if kept is not None else None
+        conv = only_consumer(pool.output[0], "Conv") if pool is not None else None
+        if (conv is None or conv.input[1] not in constants or conv.input[0] != pool.output[0]
+                or len(consumers[conv.input[1]]) != 1):  # a weight another node reads stays as it is
+            continue
+        weight = onnx.numpy_helper.to_array(constants[conv.input[1]])
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in conv.attribute}
+        if (weight.shape[2:] != (1, 1) or attributes.get("group", 1) != 1 or weight.shape[1] != len(kept)
+                or len(set(kept)) != len(kept)):
+            continue
+        wide = np.zeros((weight.shape[0], shapes[node.input[0]][1], 1, 1), weight.dtype)
+        wide[:, kept] = weight
+        constants[conv.input[1]].CopyFrom(onnx.numpy_helper.from_array(wide, conv.input[1]))
+        pool.input[0] = node.input[0]
+        folded.append(node)
+    for node in folded:
+        model.graph.node.remove(node)
+    if folded:  # the pools' and convolutions' inputs changed shape: let ONNX Runtime infer them again
+        del model.graph.value_info[:]
+    return len(folded)
+
+
+def _selected_channels(node: onnx.NodeProto, constants: dict, shapes: dict) -> list[int] | None:
+    """The input channels a constant Slice or Gather on axis 1 of a 4-D tensor keeps, in order; None for any other
+    node."""
+    def value(name: str):
+        return onnx.numpy_helper.to_array(constants[name]) if name in constants else None
+
+    channels = shapes.get(node.input[0], [0])[1:2] if node.input else []
+    if not channels or channels[0] <= 0 or len(shapes.get(node.input[0], [])) != 4:
+        return None
+    if node.op_type == "Slice" and len(node.input) == 5:
+        starts, ends, axes, steps = (value(name) for name in node.input[1:])
+        if any(v is None for v in (starts, ends, axes, steps)) or axes.tolist() != [1]:
+            return None
+        return list(range(channels[0]))[int(starts[0]):int(ends[0]):int(steps[0])]
+    if node.op_type == "Gather":
+        indices = value(node.input[1])
+        axis = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
+        if indices is None or axis != 1 or indices.ndim != 1:
+            return None
+        return [int(i) % channels[0] for i in indices]
+    return None
 
 
 def strip_exporter_metadata(model: onnx.ModelProto) -> None:

@@ -1,17 +1,20 @@
 """The export-onnx stage's work: the pruned fp32 model and its int8 QDQ form as ONNX, each checked against its source,
 and the unpruned baseline as ONNX, the benchmark's reference (artifacts.REFERENCE).
 
-fp32: exported with a dynamic batch axis; fails unless ONNX Runtime's logits are within `fp32_tolerance` of
-PyTorch's on the test split or, for models with large logits, within ROUNDING_FACTOR times PyTorch fp32's own error
-against float64 (both runtimes round, each in its own summation order; an export bug shows as errors of the logits'
-own scale, thousands of times above that).
-int8: ONNX Runtime's quantize_static over that fp32 graph. With `calibrate.onnx_method: torch` it takes the PyTorch
-int8 model's own activation ranges and float parts, so that it is the `quantize` artifact as a QDQ graph;
-otherwise ONNX Runtime's ranges from the calibrate stage (no new calibration). Its plate predictions are compared
-with the PyTorch int8 model from `quantize`, and the step fails below `int8_min_agreement`.
-reference: the baseline through the same exporter, unchecked (the fp32 check covers the exporter; `select` scores
-it on the validation split before it could deliver it). Exported here once, rather than by `benchmark` and `select`
-each: an export costs about 13 s in a fresh process.
+fp32: exported with a dynamic batch axis, each channel selection before a pool and a 1x1 convolution folded into
+that convolution (onnx_export.fold_channel_selections: ONNX Runtime then keeps the pool and the convolution in its
+NCHWc layout); fails unless ONNX Runtime's logits are within `fp32_tolerance` of PyTorch's on the test split or, for
+models with large logits, within ROUNDING_FACTOR times PyTorch fp32's own error against float64 (both runtimes
+round, each in its own summation order; an export bug shows as errors of the logits' own scale, thousands of times
+above that).
+int8: ONNX Runtime's quantize_static over that fp32 graph as exported, before the fold. With
+`calibrate.onnx_method: torch` it takes the PyTorch int8 model's own activation ranges and float parts, so that it
+is the `quantize` artifact as a QDQ graph; otherwise ONNX Runtime's ranges from the calibrate stage (no new
+calibration). Its plate predictions are compared with the PyTorch int8 model from `quantize`, and the step fails
+below `int8_min_agreement`.
+reference: the baseline through the same exporter and fold, unchecked (the fp32 check covers both; `select` scores
+it on the validation split before it could deliver it). Exported here once, rather than by `benchmark` and
+`select` each: an export costs about 13 s in a fresh process.
 Does not export or quantize by itself (see lprnet.compile.onnx_export and onnx_int8).
 """
 
@@ -26,7 +29,7 @@ import numpy as np
 import onnx
 import torch
 
-from lprnet.compile.onnx_export import export_onnx
+from lprnet.compile.onnx_export import export_onnx, fold_channel_selections
 from lprnet.compile.onnx_int8 import TORCH_RANGES, onnx_runtime_plan, quantize_qdq, torch_int8_plan
 from lprnet.errors import InputError
 from lprnet.io import atomic_path
@@ -90,6 +93,8 @@ def export_onnx_stage(pruned: str | os.PathLike, quantized: str | os.PathLike, c
     with (atomic_path(fp32_path) as fp32_tmp, atomic_path(int8_path) as int8_tmp,
           atomic_path(reference_path) as reference_tmp):
         export_onnx(model, alphabet, fp32_tmp)
+        exported = onnx.load(str(fp32_tmp))  # the int8 plans pair its convolutions with the PyTorch int8 model's
+        folds = fold_in_place(fp32_tmp)
         fp32 = OnnxRuntimePredictor(fp32_tmp, bench.threads)
         difference = max_logit_difference(fp32, TorchPredictor(model, alphabet, bench.threads), images)
         rounding = max_logit_difference(TorchPredictor(model, alphabet), float64_predictor(model), images)
@@ -98,12 +103,13 @@ def export_onnx_stage(pruned: str | os.PathLike, quantized: str | os.PathLike, c
                              f"export_onnx.fp32_tolerance {params.fp32_tolerance:.0e} and {ROUNDING_FACTOR} times "
                              f"PyTorch fp32's own error against float64 ({rounding:.2e})")
         fp32_metrics = {**artifact_metrics(fp32, fp32_tmp, images, labels, bench, source=model),
-                        "max_abs_logit_diff": difference, "torch_fp32_rounding": rounding}
+                        "max_abs_logit_diff": difference, "torch_fp32_rounding": rounding,
+                        "channel_selections_folded": folds}
 
         if method == TORCH_RANGES:
-            plan = torch_int8_plan(onnx.load(str(fp32_tmp)), torch_int8_model)
+            plan = torch_int8_plan(exported, torch_int8_model)
         else:
-            plan = onnx_runtime_plan(onnx.load(str(fp32_tmp)), Path(calibration) / "onnx_ranges.json")
+            plan = onnx_runtime_plan(exported, Path(calibration) / "onnx_ranges.json")
         quantize_qdq(plan, int8_tmp, reduce_range=params.reduce_range)
         int8 = OnnxRuntimePredictor(int8_tmp, bench.threads)
         torch_int8 = TorchPredictor(torch_int8_model, torch_alphabet, bench.threads)
@@ -115,4 +121,14 @@ def export_onnx_stage(pruned: str | os.PathLike, quantized: str | os.PathLike, c
         int8_metrics = {**artifact_metrics(int8, int8_tmp, images, labels, bench, source=model),
                         "agreement_with_torch_int8": agreement}
         export_onnx(baseline_model, baseline_alphabet, reference_tmp)
+        fold_in_place(reference_tmp)  # the reference runs the same graph form as the model it is compared with
     return fp32_metrics, int8_metrics
+
+
+def fold_in_place(path: Path) -> int:
+    """`fold_channel_selections` on the ONNX file at `path` (a temporary file of this stage); returns the count."""
+    model = onnx.load(str(path))
+    folds = fold_channel_selections(model)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return folds
