@@ -311,6 +311,14 @@ def check_fold(path, selection_op: str, model: LPRNet, x: torch.Tensor) -> None:
     onnx.save(folded, path.with_name("folded.onnx"))
     np.testing.assert_allclose(load_predictor(path.with_name("folded.onnx"))(x.numpy()), logits(model, x).numpy(),
                                rtol=1e-4, atol=1e-4)
+    # A selection or pool output the graph also returns must keep its width: nothing is folded.
+    selection = next(node for node in exported.graph.node if node.op_type == selection_op)
+    pool = next(node for node in exported.graph.node
+                if node.op_type == "MaxPool" and node.input[0] == selection.output[0])
+    for tensor in (selection.output[0], pool.output[0]):
+        returned = onnx.load(path)
+        returned.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
+        assert fold_channel_selections(returned) == 0
 
 
 def test_an_uneven_pool_selection_still_exports_as_gather(latin, images_and_labels, tmp_path):

@@ -49,14 +49,15 @@ def fold_channel_selections(model: onnx.ModelProto) -> int:
     converts the tensor back to NCHW around it and runs the pool and that convolution in NCHW. Max pooling is per
     channel: pooling every channel and giving the convolution zero weights for the dropped ones computes the same
     sums (in another order), and the pool and the convolution stay in NCHWc. Only 1x1 convolutions are widened: for
-    a KxL one every dropped channel costs KxL times as many multiply-adds (the 1x4 one after LPRNet's second pool
-    ran no faster widened). Apply it to the fp32 graphs ONNX Runtime runs, after any int8 plan (onnx_int8.py pairs
-    convolutions by weight shape)."""
+    a KxL one every dropped channel costs KxL times as many multiply-adds. A selection or pool whose output is also a
+    graph output, or is read by another node, stays. Apply it to the fp32 graphs ONNX Runtime runs, after any int8
+    plan (onnx_int8.py pairs convolutions by weight shape)."""
     constants = {init.name: init for init in model.graph.initializer}
     constants.update({node.output[0]: node.attribute[0].t for node in model.graph.node
                       if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value"})
     shapes = {value.name: [dim.dim_value for dim in value.type.tensor_type.shape.dim]
               for value in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    graph_outputs = {value.name for value in model.graph.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -64,7 +65,9 @@ def fold_channel_selections(model: onnx.ModelProto) -> int:
 
     def only_consumer(tensor: str, op_type: str) -> onnx.NodeProto | None:
         found = consumers.get(tensor, [])
-        return found[0] if len(found) == 1 and found[0].op_type == op_type else None
+        if tensor in graph_outputs or len(found) != 1 or found[0].op_type != op_type:
+            return None
+        return found[0]
 
     folded = []
     for node in model.graph.node:
