@@ -311,8 +311,10 @@ def check_fold(path, selection_op: str, model: LPRNet, x: torch.Tensor) -> None:
     onnx.save(folded, path.with_name("folded.onnx"))
     np.testing.assert_allclose(load_predictor(path.with_name("folded.onnx"))(x.numpy()), logits(model, x).numpy(),
                                rtol=1e-4, atol=1e-4)
-    # A selection or pool output the graph also returns must keep its width: nothing is folded.
-    selection = next(node for node in exported.graph.node if node.op_type == selection_op)
+    # The selection the fold removed, or its pool, also returned by the graph must keep its width: nothing is folded.
+    kept_outputs = {output for node in folded.graph.node for output in node.output}
+    selection = next(node for node in exported.graph.node
+                     if node.op_type == selection_op and node.output[0] not in kept_outputs)
     pool = next(node for node in exported.graph.node
                 if node.op_type == "MaxPool" and node.input[0] == selection.output[0])
     for tensor in (selection.output[0], pool.output[0]):
