@@ -117,6 +117,20 @@ def test_ratio_auto_searches_against_the_budget_and_lists_each_ratio_tried(tmp_p
     assert int(rows[-1]["macs"]) == metrics["macs"]
 
 
+def test_ratio_auto_without_fine_tuning_judges_the_pruned_models_as_they_are(tmp_path, run_prune_stage):
+    """finetune_steps 0 (weights trained elsewhere, whose pruned models may keep their accuracy untrained): the same
+    bisection, on each pruned model's own validation accuracy."""
+    result = run_prune_stage(ratio="auto", finetune_steps=0, auto_ratios=[0.2, 0.4, 0.6])
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["ratio"] == 0.6 and metrics["auto_ratios_tried"] == 2
+    assert "finetune_val_accuracy" not in metrics
+    rows = list(csv.DictReader((tmp_path / "search.csv").open()))
+    assert [float(row["ratio"]) for row in rows] == [0.4, 0.6]
+    assert all(float(row["val_accuracy"]) == float(row["val_accuracy_start"]) == 0.0 for row in rows)
+    assert all(row["verdict"] == "kept: within the budget's share" for row in rows)
+
+
 def test_an_explicit_ratio_writes_its_one_row_checked_against_the_budget(tmp_path, run_prune_stage):
     """No search, but the same check on validation: a random model reads 0 % before and after, within any share."""
     result = run_prune_stage(ratio=0.5, finetune_steps=0)
@@ -131,7 +145,6 @@ def test_an_explicit_ratio_writes_its_one_row_checked_against_the_budget(tmp_pat
 
 @pytest.mark.parametrize(("overrides", "budget", "message"), [
     ({"ratio": "automatic"}, {}, "prune.ratio must be a number in [0, 1) or auto, got 'automatic'"),
-    ({"ratio": "auto", "finetune_steps": 0}, {}, "prune.ratio is auto but prune.finetune_steps is 0"),
     ({"auto_ratios": []}, {}, "prune.auto_ratios must be a non-empty list"),
     ({"auto_ratios": [0.3, 0.2]}, {}, "prune.auto_ratios must be a non-empty list of increasing numbers"),
     ({"auto_ratios": [0.2, 1.0]}, {}, "prune.auto_ratios must be"),

@@ -56,7 +56,6 @@ BAD = [
     ("prune", "ratio", {"ratio": NAN}),
     ("prune", "ratio", {"ratio": "automatic"}),
     ("prune", "auto_ratios", {"auto_ratios": [0.2, 0.2]}),
-    ("prune", "finetune_steps", {"ratio": "auto", "finetune_steps": 0}),
     ("prune", "criterion", {"criterion": "l3"}),
     ("prune", "scope", {"scope": "network"}),
     ("prune", "round_to", {"round_to": 0}),

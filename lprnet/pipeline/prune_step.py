@@ -74,9 +74,6 @@ class PruneParams:
             raise InputError(f"prune.auto_ratios must be a non-empty list of increasing numbers in (0, 1), got "
                              f"{ratios!r}")
         object.__setattr__(self, "auto_ratios", tuple(float(r) for r in ratios))
-        if self.ratio == AUTO and self.finetune_steps <= 0:
-            raise InputError("prune.ratio is auto but prune.finetune_steps is 0: the search compares fine-tuned "
-                             "models, give it steps")
         criteria = [*sorted(CRITERIA), ACTIVATION]
         if self.criterion not in criteria:
             raise InputError(f"prune.criterion: unknown pruning criterion {self.criterion!r}; valid: "
@@ -134,9 +131,11 @@ def prune_and_finetune(lossless: LPRNet, ratio: float, params: PruneParams, trai
 
 def search_ratio(lossless: LPRNet, params: PruneParams, budget: BudgetParams, train, validation, alphabet,
                  threads: int, new_run: NewRun = no_curves) -> tuple[float, LPRNet, dict, list[dict]]:
-    """`ratio: auto`: the largest of `params.auto_ratios` whose fine-tuned model keeps `budget.prune_share` of the
-    accuracy budget against `lossless` (the baseline's function) on `validation`, found by bisection; returns that
-    ratio (0 when none keeps it), its model, its fine-tuning metrics, and one row per ratio tried (SEARCH_COLUMNS)."""
+    """`ratio: auto`: the largest of `params.auto_ratios` whose fine-tuned model (with `finetune_steps` 0: the
+    pruned model as it is, for weights whose pruned models keep their accuracy untrained) keeps `budget.prune_share`
+    of the accuracy budget against `lossless` (the baseline's function) on `validation`, found by bisection; returns
+    that ratio (0 when none keeps it), its model, its fine-tuning metrics, and one row per ratio tried
+    (SEARCH_COLUMNS)."""
     baseline_accuracy = evaluate(TorchPredictor(lossless, alphabet), *validation)["accuracy"]
     floor = budget.prune_floor(baseline_accuracy)
     best: tuple[float, LPRNet, dict] = (0.0, lossless, {})
@@ -146,10 +145,13 @@ def search_ratio(lossless: LPRNet, params: PruneParams, budget: BudgetParams, tr
         middle = (low + high) // 2
         ratio = params.auto_ratios[middle]
         model, finetuning = prune_and_finetune(lossless, ratio, params, train, validation, alphabet, threads, new_run)
-        accuracy = finetuning["finetune_val_accuracy"]
+        accuracy = finetuning.get("finetune_val_accuracy")
+        if accuracy is None:  # no fine-tuning: the pruned model as it is
+            accuracy = evaluate(TorchPredictor(model, alphabet), *validation)["accuracy"]
         kept = budget.keeps_prune_share(accuracy, baseline_accuracy)
         tried.append({"ratio": ratio, "macs": count_macs(model),
-                      "val_accuracy_start": finetuning["finetune_val_accuracy_start"], "val_accuracy": accuracy,
+                      "val_accuracy_start": finetuning.get("finetune_val_accuracy_start", accuracy),
+                      "val_accuracy": accuracy,
                       "val_accuracy_floor": floor,
                       "verdict": "kept: within the budget's share" if kept else "rejected: below the floor"})
         if kept:
@@ -188,7 +190,7 @@ def prune_stage(baseline: str | os.PathLike, data: str | os.PathLike, model_path
     lossless_macs = count_macs(lossless)
     needs_train = params.criterion == ACTIVATION or params.finetune_steps > 0
     train = load_prepared(data, "train") if needs_train else None
-    validation = load_prepared(data, VALIDATION_SPLIT) if params.finetune_steps > 0 else None
+    validation = load_prepared(data, VALIDATION_SPLIT) if params.finetune_steps > 0 or params.ratio == AUTO else None
     test = load_prepared(data, "test")  # every input read before the model is written
     tried = []
     if params.ratio == AUTO:
