@@ -16,6 +16,7 @@ tvm = pytest.importorskip("tvm")
 
 from lprnet.compile.onnx_export import export_onnx  # noqa: E402
 from lprnet.compile.tvm.artifact import IR_FILE, LIBRARY_FILE, MANIFEST_FILE, save_artifact  # noqa: E402
+from lprnet.compile.tvm.batched import batched_module  # noqa: E402
 from lprnet.compile.tvm.build import build, detect_target  # noqa: E402
 from lprnet.compile.tvm.frontend import import_onnx, module_input_shape  # noqa: E402
 from lprnet.compile.tvm.passes import PIPELINES, apply_passes, count_ops  # noqa: E402
@@ -161,6 +162,57 @@ def test_a_tampered_library_is_refused(artifact, tmp_path):
     data[len(data) // 2] ^= 0xFF
     library.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=LIBRARY_FILE):
+        TVMPredictor(copy)
+
+
+BATCH = 2
+
+
+@pytest.fixture
+def batched_artifact(cache, tmp_path_factory, executables, modules, onnx_path, latin):
+    """The layout-passed artifact with a batch-2 build beside it (untuned: tests/test_tune_tvm.py replays records)."""
+    def save():
+        batched = batched_module(onnx_path, BATCH, PIPELINES["graph"], PIPELINES["layout"], "NHWC")
+        folder = tmp_path_factory.mktemp("artifact") / "lprnet-tvm-batched"
+        save_artifact(folder, executables["layout"], modules["layout"], HOST, module_input_shape(modules["layout"]),
+                      latin.name, batched=(build(batched, HOST), module_input_shape(batched),
+                                           {"kernels_scheduled": 0}))
+        return folder
+
+    return once(cache, "batched_artifact", save)
+
+
+def test_whole_batches_run_on_the_batched_build_and_the_rest_on_the_batch_1_build(batched_artifact, executables):
+    images = example_input(2 * BATCH + 1, seed=13)
+    per_image = np.concatenate([run(executables["layout"], images[i:i + 1]) for i in range(len(images))])
+    predictor = TVMPredictor(batched_artifact)
+    assert predictor.batched_input_shape == (BATCH, 3, 24, 94)
+    calls = []
+    batched_main = predictor._batched_main
+    predictor._batched_main = lambda tensor: calls.append(tensor.shape) or batched_main(tensor)
+    np.testing.assert_allclose(predictor(images), per_image, atol=1e-5, rtol=0)
+    assert [tuple(shape) for shape in calls] == [(BATCH, 3, 24, 94)] * 2
+    np.testing.assert_allclose(predictor(images[:1]), per_image[:1], atol=1e-5, rtol=0)
+    assert len(calls) == 2  # one image: the batch-1 build
+    assert TVMPredictor(batched_artifact, batched=False).batched_input_shape is None
+    manifest = json.loads((batched_artifact / MANIFEST_FILE).read_text())
+    assert manifest["batched"]["library"] == f"model_batch{BATCH}.so" and manifest["batched"]["kernels_scheduled"] == 0
+
+
+def test_a_tampered_batched_library_or_shape_is_refused(batched_artifact, tmp_path):
+    copy = tmp_path / "tampered"
+    shutil.copytree(batched_artifact, copy)
+    library = copy / f"model_batch{BATCH}.so"
+    data = bytearray(library.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    library.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"model_batch{BATCH}.so: SHA-256 does not match"):
+        TVMPredictor(copy)
+    TVMPredictor(copy, batched=False)  # the batch-1 build alone is intact
+    manifest = json.loads((batched_artifact / MANIFEST_FILE).read_text())
+    manifest["batched"]["input_shape"] = [BATCH, 3, 24, 95]
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"batched.input_shape \[2, 3, 24, 95\] is not input_shape"):
         TVMPredictor(copy)
 
 

@@ -9,6 +9,7 @@ convolution's schedules), and once more with 3 to replace a database; the error 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ pytest.importorskip("xgboost", reason="MetaSchedule's default cost model needs x
 from tvm import relax  # noqa: E402
 from tvm.s_tir import meta_schedule as ms  # noqa: E402
 
+from lprnet.compile.tvm.batched import replay_records  # noqa: E402
 from lprnet.compile.tvm.budget import MAX_TRIALS_PER_ITERATION, TrialPlan, module_share, plan_trials  # noqa: E402
 from lprnet.compile.tvm.build import build, parse_target  # noqa: E402
 from lprnet.compile.tvm.database import (  # noqa: E402
@@ -43,6 +45,7 @@ from lprnet.compile.tvm.passes import PIPELINES, apply_passes  # noqa: E402
 from lprnet.compile.tvm.tune import (  # noqa: E402
     DEFAULT_POPULATION,
     apply_database,
+    apply_records,
     count_tuned_kernels,
     tune,
     tuning_module,
@@ -57,11 +60,11 @@ POPULATION = 32  # not DEFAULT_POPULATION, so that a test can tell it reached th
 TARGET = tuning_target({"kind": "llvm"}, num_cores=2)
 
 
-def conv_module() -> tvm.IRModule:
+def conv_module(batch: int = 1) -> tvm.IRModule:
     """conv2d (16 filters, 3x3, padding 1) + relu after the default layout passes: fused NHWC kernels."""
     weight = np.random.default_rng(0).standard_normal((16, INPUT_SHAPE[1], 3, 3)).astype(np.float32)
     builder = relax.BlockBuilder()
-    images = relax.Var("x", relax.TensorType(INPUT_SHAPE, "float32"))
+    images = relax.Var("x", relax.TensorType((batch, *INPUT_SHAPE[1:]), "float32"))
     with builder.function("main", [images]):
         with builder.dataflow():
             output = builder.emit_output(relax.op.nn.relu(relax.op.nn.conv2d(images, relax.const(weight), padding=1)))
@@ -130,6 +133,45 @@ def test_the_tuned_build_matches_the_untuned_one(tuned, module):
     assert count_tuned_kernels(scheduled) == 3
     images = np.random.default_rng(1).standard_normal(INPUT_SHAPE).astype(np.float32)
     np.testing.assert_allclose(run_vm(scheduled, images), run_vm(module, images), atol=1e-3, rtol=0)
+
+
+def tile_decisions(trace) -> list[list[int]]:
+    return [[int(factor) for factor in decision] for instruction, decision in trace.decisions.items()
+            if instruction.kind.name == "SamplePerfectTile"]
+
+
+def test_a_batched_build_replays_every_batch_1_schedule_and_computes_each_image_alike(tuned, module):
+    folder, _ = tuned
+    batched = tuning_module(conv_module(batch=4), weight_layout_rewrite=True)
+    records, scheduled, kernels = replay_records(folder, module, batched, TARGET)
+    assert (scheduled, kernels) == (3, 3)
+    replayed = apply_records(batched, TARGET, records)
+    assert count_tuned_kernels(replayed) == 3
+    # The convolution's tilings are batch 1's best record's, but for the batch loop's outermost tile, which took 4.
+    [tilings] = [tile_decisions(record.trace) for record in records.get_all_tuning_records()
+                 if tile_decisions(record.trace)]
+    database = open_database(folder)
+    [conv] = [task for task in extract_tasks(module, TARGET) if "conv" in task.task_name]
+    best = database.query_tuning_record(conv.dispatched[0], parse_target(TARGET), conv.task_name)
+    changed = [(ours, theirs) for ours, theirs in zip(tilings, tile_decisions(best.trace)) if ours != theirs]
+    assert len(tilings) == len(tile_decisions(best.trace)) and len(changed) == 1
+    [(ours, theirs)] = changed
+    assert ours == [4 * theirs[0], *theirs[1:]] and theirs[0] == 1 and math.prod(theirs) == 1
+    images = np.random.default_rng(2).standard_normal((4, *INPUT_SHAPE[1:])).astype(np.float32)
+    one = apply_database(module, TARGET, folder)
+    per_image = np.concatenate([run_vm(one, images[i:i + 1]) for i in range(4)])
+    np.testing.assert_allclose(run_vm(replayed, images), per_image, atol=1e-4, rtol=0)
+
+
+def test_a_batched_kernel_without_a_batch_1_record_keeps_its_default_schedule(tuned):
+    """Without weight_layout_rewrite every kernel is marked otherwise than the tuned ones, so the database has no
+    record for any of them."""
+    folder, _ = tuned
+    batched = tuning_module(conv_module(batch=4), weight_layout_rewrite=False)
+    records, scheduled, kernels = replay_records(folder, tuning_module(conv_module(), weight_layout_rewrite=False),
+                                                 batched, TARGET)
+    assert (scheduled, kernels) == (0, 3)
+    assert count_tuned_kernels(apply_records(batched, TARGET, records)) == 0
 
 
 def test_the_tuned_build_holds_the_weight_in_the_layout_its_schedule_chose(tuned, module):

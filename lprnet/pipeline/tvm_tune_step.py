@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from lprnet.compile.tvm.artifact import save_artifact
+from lprnet.compile.tvm.batched import batched_module, replay_records
 from lprnet.compile.tvm.budget import plan_trials
 from lprnet.compile.tvm.build import build
 from lprnet.compile.tvm.database import extract_tasks, module_records, tuning_curve
@@ -24,27 +25,33 @@ from lprnet.compile.tvm.tune import (
     TuneParams,
     TuningRun,
     apply_database,
+    apply_records,
     count_tuned_kernels,
     tune,
     tuning_module,
     tuning_target,
 )
 from lprnet.csv_io import write_csv_atomic
+from lprnet.errors import InputError
 from lprnet.io import atomic_dir, write_json_atomic
 from lprnet.model.checkpoint import load_model
 from lprnet.model.data import load_prepared
 from lprnet.pipeline.stage import parse_args, read_section
 from lprnet.pipeline.tvm_step import PRECISIONS, TVMParams, check_parity
 from lprnet.runtime.bench import BenchConfig
+from lprnet.runtime.evaluate import predict_logits, texts_from_logits
 from lprnet.runtime.metrics import artifact_metrics
 from lprnet.runtime.onnx_runtime import OnnxRuntimePredictor
 from lprnet.runtime.tvm_runtime import TVMPredictor
 
 
 def tune_and_build(precision: str, mod, target: dict, database: str | os.PathLike, out: Path, params: TuneParams,
-                   bench: BenchConfig) -> tuple[TuningRun, object]:
+                   bench: BenchConfig, batched_source: tuple[str | os.PathLike, TVMParams] | None = None
+                   ) -> tuple[TuningRun, object]:
     """Tune `mod` into `database` (unless total_trials is 0) and write its tuned build to `out`; returns the tuning
-    run and the tuned module."""
+    run and the tuned module. With `batched_source` (the ONNX model and the `tvm` params) and
+    `tune.batched_build`, the artifact also holds the model built at `bench.throughput_batch`, its kernels scheduled
+    by the batch-1 records (lprnet.compile.tvm.batched)."""
     if params.total_trials == 0:
         Path(database).mkdir(parents=True, exist_ok=True)
         tuning, tuned = TuningRun(database=None, tasks=0, tuned_tasks=0, trials=0, failed_trials=0, seconds=0.0), mod
@@ -55,10 +62,38 @@ def tune_and_build(precision: str, mod, target: dict, database: str | os.PathLik
         tuned = apply_database(mod, target, database)
     settings = {key: getattr(params, key) for key in ("total_trials", "trials_per_task", "trials_per_iteration",
                                                        "population", "seed", "weight_layout_rewrite")}
+    batched = None
+    # Without tuning there are no records to replay, and an unscheduled batched build is only slower.
+    if batched_source and params.batched_build and params.total_trials and bench.throughput_batch > 1:
+        onnx_path, tvm_params = batched_source
+        batched_mod = tuning_module(batched_module(onnx_path, bench.throughput_batch, tvm_params.graph_passes,
+                                                   tvm_params.layout_passes, tvm_params.layout),
+                                    params.weight_layout_rewrite)
+        records, scheduled, kernels = replay_records(database, mod, batched_mod, target)
+        batched = (build(apply_records(batched_mod, target, records), target), module_input_shape(batched_mod),
+                   {"kernels_scheduled": scheduled, "kernels": kernels})
     save_artifact(out, build(tuned, target), tuned, target, module_input_shape(mod), module_alphabet_name(mod),
                   extra={"step": "tvm-tune", "tuning": {**settings, "tasks": tuning.tasks,
-                                                        "kernels_tuned": count_tuned_kernels(tuned)}})
+                                                        "kernels_tuned": count_tuned_kernels(tuned)}},
+                  batched=batched)
     return tuning, tuned
+
+
+def check_batched(predictor: TVMPredictor, batch1: TVMPredictor, images: np.ndarray, where: str) -> dict:
+    """Raise unless the artifact's batched build (which the accuracy pass ran on whole batches) reads every plate
+    as its batch-1 build does; returns their largest logit difference ({} without a batched build)."""
+    if predictor.batched_input_shape is None:
+        return {}
+    ours, theirs = predict_logits(predictor, images), predict_logits(batch1, images)
+    changed = sum(a != b for a, b in zip(texts_from_logits(ours, predictor.alphabet),
+                                         texts_from_logits(theirs, batch1.alphabet)))
+    if changed:
+        raise InputError(f"{where}: the batch-{predictor.batched_input_shape[0]} build reads {changed} plates "
+                         f"differently from the batch-1 build")
+    return {"batched_build_batch": predictor.batched_input_shape[0],
+            "batched_max_abs_logit_diff": float(np.abs(ours - theirs).max()),
+            "batched_kernels_scheduled": predictor.manifest["batched"]["kernels_scheduled"],
+            "batched_kernels": predictor.manifest["batched"]["kernels"]}
 
 
 def tune_stage(source: str | os.PathLike, onnx_models: dict, pruned: str | os.PathLike, images: np.ndarray, labels,
@@ -77,7 +112,8 @@ def tune_stage(source: str | os.PathLike, onnx_models: dict, pruned: str | os.Pa
     metrics, curves = {}, {}
     with atomic_dir(out) as tmp:
         for precision, mod in modules.items():
-            tuning, tuned = tune_and_build(precision, mod, target, database, tmp / precision, params, bench)
+            tuning, tuned = tune_and_build(precision, mod, target, database, tmp / precision, params, bench,
+                                           (onnx_models[precision], tvm_params))
             predictor = TVMPredictor(tmp / precision, bench.threads)
             parity, texts = check_parity(precision, predictor, OnnxRuntimePredictor(onnx_models[precision],
                                                                                    bench.threads),
@@ -86,6 +122,8 @@ def tune_stage(source: str | os.PathLike, onnx_models: dict, pruned: str | os.Pa
             metrics[precision] = {
                 **artifact_metrics(predictor, tmp / precision, images, labels, bench, source=model, texts=texts),
                 **parity,
+                **check_batched(predictor, TVMPredictor(tmp / precision, bench.threads, batched=False), images,
+                                f"{Path(out) / precision}"),
                 # tuning_trials: every trial behind this artifact, also from earlier runs; the _run keys: this run's.
                 "tuning_tasks": tuning.tasks,
                 "tuning_trials": len(module_records(database, mod, target)) if tuned_run else 0,

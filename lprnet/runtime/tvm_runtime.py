@@ -13,7 +13,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from lprnet.compile.tvm.artifact import MANIFEST_FILE, check_library, read_manifest
+from lprnet.compile.tvm.artifact import BATCHED, MANIFEST_FILE, check_library, read_manifest
 from lprnet.errors import InputError, MissingFileError
 from lprnet.io import sha256_file
 from lprnet.model.alphabet import get_alphabet
@@ -46,7 +46,8 @@ class TVMPredictor:
 
     Loads the library only after its SHA-256 matches the manifest's (this catches a corrupt or swapped file, not a
     forger who also edits the manifest). The library has a fixed batch; larger inputs run in chunks of it, the last
-    one zero-padded, which is exact because LPRNet normalises each sample on its own.
+    one zero-padded, which is exact because LPRNet normalises each sample on its own. An artifact with a batched
+    library (manifest key `batched`) runs whole batches of its size with it, unless `batched` is False.
 
     `workers` > 1 runs the chunks on that many VMs at once, one Python thread each (TVM releases the GIL). That only
     pays for an untuned build, whose kernels are single-threaded (LegalizeOps writes no parallel loops), where it
@@ -56,23 +57,19 @@ class TVMPredictor:
 
     name = "tvm"
 
-    def __init__(self, folder: str | os.PathLike, threads: int | None = None, workers: int = 1):
+    def __init__(self, folder: str | os.PathLike, threads: int | None = None, workers: int = 1,
+                 batched: bool = True):
         if not isinstance(workers, int) or workers < 1:
             raise InputError(f"workers must be a positive integer, got {workers!r}")
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
-        library = self.folder / self.manifest["library"]
-        if not library.is_file():
-            raise MissingFileError(f"{library}: the library named in the manifest is absent")
-        if not library.resolve().is_relative_to(self.folder.resolve()):
-            raise InputError(f"{library}: a link out of the artifact's folder; refusing to load it")
-        if sha256_file(library) != self.manifest["library_sha256"]:
-            raise InputError(f"{library}: SHA-256 does not match {MANIFEST_FILE}; refusing to load it")
-        check_library(library, self.manifest.get("target", {}))
+        library = self._checked_library(self.manifest)
         if self.manifest["tvm_version"] != tvm.__version__:
             # The VM bytecode and the library's ABI are not stable across TVM releases.
             raise InputError(f"{library}: built with TVM {self.manifest['tvm_version']}, this is TVM "
                              f"{tvm.__version__}; rebuild it")
+        batched_entry = self.manifest.get(BATCHED) if batched else None
+        batched_library = self._checked_library(batched_entry) if batched_entry else None
         try:
             self.alphabet = get_alphabet(self.manifest["alphabet"])
         except InputError as error:
@@ -84,12 +81,39 @@ class TVMPredictor:
         self.vm = relax.VirtualMachine(module, tvm.cpu())
         # A VM is not safe to call from two threads at once: each worker gets its own.
         self._mains = [self.vm["main"]] + [relax.VirtualMachine(module, tvm.cpu())["main"] for _ in range(workers - 1)]
+        # The batched build (see lprnet.compile.tvm.batched) runs every whole batch of its size; the rest, the
+        # build above.
+        self.batched_input_shape = tuple(batched_entry["input_shape"]) if batched_entry else None
+        self._batched_main = (relax.VirtualMachine(tvm.runtime.load_module(str(batched_library)), tvm.cpu())["main"]
+                              if batched_library else None)
+
+    def _checked_library(self, entry: dict) -> Path:
+        """The library a manifest entry names, once it is a whole library inside the folder with the entry's
+        SHA-256."""
+        library = self.folder / entry["library"]
+        if not library.is_file():
+            raise MissingFileError(f"{library}: the library named in the manifest is absent")
+        if not library.resolve().is_relative_to(self.folder.resolve()):
+            raise InputError(f"{library}: a link out of the artifact's folder; refusing to load it")
+        if sha256_file(library) != entry["library_sha256"]:
+            raise InputError(f"{library}: SHA-256 does not match {MANIFEST_FILE}; refusing to load it")
+        check_library(library, self.manifest.get("target", {}))
+        return library
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         if images.ndim != 4 or tuple(images.shape[1:]) != self.input_shape[1:]:
             raise InputError(f"images of shape {images.shape}; {self.folder} expects (N, "
                              f"{', '.join(map(str, self.input_shape[1:]))})")
         images = np.ascontiguousarray(images, dtype=np.float32)
+        if self._batched_main is not None and len(images) >= self.batched_input_shape[0]:
+            size = self.batched_input_shape[0]
+            whole = len(images) // size * size
+            outputs = [self._batched_main(tvm.runtime.tensor(images[start:start + size])).numpy()
+                       for start in range(0, whole, size)]
+            return np.concatenate([*outputs, self._run_chunks(images[whole:])])
+        return self._run_chunks(images)
+
+    def _run_chunks(self, images: np.ndarray) -> np.ndarray:
         batch = self.input_shape[0]
         chunks = [images[start:start + batch] for start in range(0, len(images), batch)]
         empty = np.zeros((0, *self.manifest["output_shape"][1:]), np.float32)  # so N=0 gives (0,C,18)

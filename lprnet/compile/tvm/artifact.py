@@ -27,13 +27,18 @@ IR_FILE = "model.relax.py"  # TVMScript text of the module that was built, for r
 MANIFEST_FILE = "manifest.json"
 ARTIFACT_FORMAT = 1
 MANIFEST_KEYS = ("format", "library", "library_sha256", "input_shape", "output_shape", "alphabet", "tvm_version")
+BATCHED = "batched"  # optional manifest key: the build for a larger batch (library, library_sha256, input_shape)
+BATCHED_LIBRARY_FILE = "model_batch{batch}.so"
 
 
 def save_artifact(folder: str | os.PathLike, executable: relax.VMExecutable, mod: tvm.IRModule, target: dict,
-                  input_shape: Sequence[int], alphabet_name: str, extra: dict | None = None) -> dict:
+                  input_shape: Sequence[int], alphabet_name: str, extra: dict | None = None,
+                  batched: tuple[relax.VMExecutable, Sequence[int], dict] | None = None) -> dict:
     """Write library, TVMScript and manifest into `folder`, which appears whole or not at all; returns the manifest.
 
-    `extra` adds keys to the manifest (e.g. the pass lists), never replacing the ones written here.
+    `extra` adds keys to the manifest (e.g. the pass lists), never replacing the ones written here. `batched`
+    (executable, its input shape, keys for its manifest entry) adds a second library, the same model built for a
+    larger batch, which the runtime uses for whole batches of that size (manifest key `batched`).
     """
     get_alphabet(alphabet_name)  # an unknown name fails here, not when the artifact is loaded
     output_shape = [int(dim) for dim in mod["main"].ret_ty.shape]
@@ -53,6 +58,12 @@ def save_artifact(folder: str | os.PathLike, executable: relax.VMExecutable, mod
             "alphabet": alphabet_name,
             "tvm_version": tvm.__version__,
         }
+        if batched is not None:
+            batched_executable, batched_shape, batched_extra = batched
+            library = BATCHED_LIBRARY_FILE.format(batch=int(batched_shape[0]))
+            batched_executable.export_library(str(tmp / library))
+            manifest[BATCHED] = {"library": library, "library_sha256": sha256_file(tmp / library),
+                                 "input_shape": [int(dim) for dim in batched_shape], **batched_extra}
         clashes = sorted(set(extra or {}) & set(manifest))
         if clashes:
             raise ValueError(f"extra manifest keys {clashes} would replace the artifact's own")
@@ -82,20 +93,40 @@ def read_manifest(folder: str | os.PathLike) -> dict:
         raise InputError(f"{path}: missing {', '.join(missing)}")
     if manifest["format"] != ARTIFACT_FORMAT:
         raise InputError(f"{path}: artifact format {manifest['format']!r}, this code reads {ARTIFACT_FORMAT}")
-    library = manifest["library"]
-    if not isinstance(library, str) or not library or Path(library).name != library or library in (".", ".."):
-        raise InputError(f"{path}: library {library!r} is not a file name in its folder")
-    for key in ("library_sha256", "alphabet", "tvm_version"):
+    _check_library_keys(path, manifest, "")
+    for key in ("alphabet", "tvm_version"):
         if not isinstance(manifest[key], str):
             raise InputError(f"{path}: {key} {manifest[key]!r} is not a string")
     for key in ("input_shape", "output_shape"):
-        shape = manifest[key]
-        if not isinstance(shape, list) or len(shape) < 2 or not all(
-                isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
-            raise InputError(f"{path}: {key} {shape!r} is not a list of positive integers")
+        _check_shape(path, key, manifest[key])
     if not isinstance(manifest.get("target", {}), dict):
         raise InputError(f"{path}: target {manifest['target']!r} is not a dict")
+    if BATCHED in manifest:
+        batched = manifest[BATCHED]
+        if not isinstance(batched, dict) or any(key not in batched for key in ("library", "library_sha256",
+                                                                                  "input_shape")):
+            raise InputError(f"{path}: {BATCHED} {batched!r} is not an object with library, library_sha256 and "
+                             f"input_shape")
+        _check_library_keys(path, batched, f"{BATCHED}.")
+        _check_shape(path, f"{BATCHED}.input_shape", batched["input_shape"])
+        if batched["input_shape"][1:] != manifest["input_shape"][1:]:
+            raise InputError(f"{path}: {BATCHED}.input_shape {batched['input_shape']} is not input_shape "
+                             f"{manifest['input_shape']} with another batch")
     return manifest
+
+
+def _check_library_keys(path: Path, entry: dict, prefix: str) -> None:
+    library = entry["library"]
+    if not isinstance(library, str) or not library or Path(library).name != library or library in (".", ".."):
+        raise InputError(f"{path}: {prefix}library {library!r} is not a file name in its folder")
+    if not isinstance(entry["library_sha256"], str):
+        raise InputError(f"{path}: {prefix}library_sha256 {entry['library_sha256']!r} is not a string")
+
+
+def _check_shape(path: Path, key: str, shape) -> None:
+    if not isinstance(shape, list) or len(shape) < 2 or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
+        raise InputError(f"{path}: {key} {shape!r} is not a list of positive integers")
 
 
 # ELF e_machine of LLVM's target architectures (the triple's first part), for the ones an artifact may be built for.

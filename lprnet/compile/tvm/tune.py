@@ -271,6 +271,7 @@ class TuneParams:
     population: int  # the evolutionary search's, per task and round
     seed: int
     weight_layout_rewrite: bool  # schedules may choose each weight's layout (tuning_module)
+    batched_build: bool  # also build at bench.throughput_batch, from the batch-1 records (batched.py)
     rpc_tracker: str  # "host:port" of a TVM RPC tracker; "": time candidates on this machine
     rpc_key: str  # the device key of the tracker's servers
 
@@ -282,6 +283,9 @@ class TuneParams:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"tune.{key} must be a positive integer, got {value!r}")
+        for key in ("weight_layout_rewrite", "batched_build"):
+            if not isinstance(getattr(self, key), bool):
+                raise InputError(f"tune.{key} must be true or false, got {getattr(self, key)!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**31 - 1:
             raise InputError(f"tune.seed must be an integer in [0, 2**31 - 1), got {self.seed!r}")
         if self.rpc_key and not self.rpc_tracker:
@@ -308,7 +312,11 @@ def apply_database(mod: tvm.IRModule, target: dict, database_dir: str | os.PathL
     A schedule that chose a packed layout for a weight reads it through a layout-rewrite block; that block is split
     into a kernel of its own and, the weights being constants, folded: the build holds the packed weights, and no
     call packs them again."""
-    database = open_database(database_dir)
+    return apply_records(mod, target, open_database(database_dir))
+
+
+def apply_records(mod: tvm.IRModule, target: dict, database: ms.Database) -> tvm.IRModule:
+    """`apply_database` with a database object (e.g. batched.replay_records' in-memory one)."""
     with parse_target(target), database:
         # The pass reads the target and the database in force when it is created.
         tuned = relax.transform.MetaScheduleApplyDatabase()(mod)
