@@ -73,6 +73,28 @@ def test_throughput_stops_at_throughput_seconds_and_reports_images_per_second(cl
     assert slow.calls == 2 + 1  # throughput_runs caps the minimum too
 
 
+def test_interleaved_throughput_takes_turns_until_each_has_its_runs_or_its_seconds(clock, monkeypatch):
+    monkeypatch.setattr(bench, "SETTLE_S", 0.0)
+    config = params_from_repo("bench", bench.BenchConfig, warmup=5, throughput_batch=32, throughput_runs=4,
+                              throughput_seconds=3.0)
+    order = []
+
+    class Recorded(FakePredictor):
+        def __init__(self, name, seconds):
+            super().__init__(clock, seconds)
+            self.name = name
+
+        def __call__(self, images):
+            order.append(self.name)
+            return super().__call__(images)
+
+    fast, slow = Recorded("fast", 0.016), Recorded("slow", 1.6)
+    rates = bench.interleaved_throughput({"fast": fast, "slow": slow}, config)
+    assert rates == {"fast": pytest.approx(2000.0), "slow": pytest.approx(20.0)}
+    # One warm-up call each, then turns: slow leaves after MIN_THROUGHPUT_RUNS calls (4.8 s), fast takes its 4th.
+    assert order == ["fast", "slow"] + ["fast", "slow"] * 3 + ["fast"]
+
+
 @pytest.mark.parametrize("seconds", [0.0, -1.0, float("nan")])
 def test_a_non_positive_throughput_seconds_is_refused_by_name(seconds):
     with pytest.raises(ValueError, match="^bench.throughput_seconds must be positive"):

@@ -22,6 +22,7 @@ SECONDS = {**{name: 0.001 * (index + 1) for index, name in enumerate(ARTIFACTS)}
 # MACs of the fake source models, and the fake floor's two measurements (G-MAC/s): the best of each peak counts.
 MACS = {"baseline.pt": 140_000_000, "pruned.pt": 35_000_000}
 FLOORS = [(100.0, 300.0), (80.0, 400.0)]
+BATCHED, BATCH1_BUILD_SLOWER = "tvm_tune_int8", 3  # the artifact with a batched build (tune.batched_build)
 
 
 @pytest.fixture
@@ -45,8 +46,16 @@ def models(tmp_path, monkeypatch):
                         lambda threads: Floor(threads, *(peaks := next(floors)), *peaks, 16, 64))
     monkeypatch.setattr(benchmark, "load_model", lambda path: (path.name, None))
     monkeypatch.setattr(benchmark, "count_macs", lambda model: MACS[model])
-    monkeypatch.setattr(benchmark, "load_predictor",
-                        lambda path, threads: predictor(SECONDS[names[str(path)]]))
+    def load(path, threads):
+        call = predictor(SECONDS[names[str(path)]])
+        if names[str(path)] == BATCHED:
+            call.batched_input_shape = (4, 3, 24, 94)
+        return call
+
+    monkeypatch.setattr(benchmark, "load_predictor", load)
+    # The batched artifact's batch-1 build, run over the batch: BATCH1_BUILD_SLOWER times as long per call.
+    monkeypatch.setattr(benchmark, "TVMPredictor", lambda path, threads, batched: predictor(
+        BATCH1_BUILD_SLOWER * SECONDS[names[str(path)]]))
     for path in names:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_bytes(b"")
@@ -103,3 +112,15 @@ def test_a_missing_artifact_is_named_before_anything_is_loaded(models):
     (models / ARTIFACTS["torch_int8"].path).unlink()
     with pytest.raises(FileNotFoundError, match=f"^{models / 'quantized.pt'}: artifact missing"):
         benchmark.benchmark_artifacts(models, config())
+
+
+def test_throughput_is_set_against_the_peak_and_a_batched_build_against_its_batch_1_build(models):
+    results, floor = benchmark.benchmark_artifacts(models, config())
+    ort = results["ort_fp32"]
+    assert ort["throughput_gmacs"] == pytest.approx(MACS["pruned.pt"] * ort["throughput_ips"] / 1e9)
+    assert ort["throughput_share_of_peak"] == pytest.approx(ort["throughput_gmacs"] / floor.fp32_gmacs)
+    assert "throughput_ips_batch1_build" not in ort
+    batched = results[BATCHED]
+    assert batched["throughput_ips"] == pytest.approx(4 / SECONDS[BATCHED])
+    assert batched["throughput_ips_batch1_build"] == pytest.approx(4 / (BATCH1_BUILD_SLOWER * SECONDS[BATCHED]))
+    assert batched["throughput_share_of_peak"] == pytest.approx(batched["throughput_gmacs"] / floor.int8_gmacs)

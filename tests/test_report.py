@@ -15,15 +15,17 @@ from lprnet.pipeline.revision import comparable
 from tests.conftest import params_from_repo
 
 
-def fake_results(tuned_ms: float, pruned_int8_accuracy: float, int8_peak_share: float = 0.6) -> tuple[dict, dict]:
+def fake_results(tuned_ms: float, pruned_int8_accuracy: float, int8_peak_share: float = 0.6,
+                 throughput_gain: float = 1.0) -> tuple[dict, dict]:
     """(stage metrics, benchmark timings per artifact) for a baseline at 98 %, pruned artifacts at 97.5 % (int8: as
-    given), tuned TVM int8 at `int8_peak_share` of its peak."""
+    given), tuned TVM int8 at `int8_peak_share` of its peak, every artifact's throughput `throughput_gain` times its
+    batch-1 rate."""
     metrics = {"baseline": {"accuracy": 0.98}, "prune": {"accuracy": 0.975}, "onnx-fp32": {"accuracy": 0.975},
                "onnx-int8": {"accuracy": pruned_int8_accuracy}, "tvm-import-fp32": {"accuracy": 0.975},
                "tvm-tune-fp32": {"accuracy": 0.975}, "tvm-tune-int8": {"accuracy": 0.975}}
     latency = {"torch_fp32_pruned": 5.0, "ort_fp32": 1.2, "ort_int8": 0.5, "tvm_import_fp32": 40.0,
                "tvm_tune_fp32": tuned_ms, "tvm_tune_int8": 0.9, "ort_fp32_baseline": 1.8}
-    benchmark = {key: {"latency_ms_p50": ms, "latency_ms_p90": ms, "throughput_ips": 1.0,
+    benchmark = {key: {"latency_ms_p50": ms, "latency_ms_p90": ms, "throughput_ips": throughput_gain * 1e3 / ms,
                        "ratio_vs_baseline": 1.0, "ratio_vs_ort_fp32": ms / latency["ort_fp32"]}
                  for key, ms in latency.items()}
     benchmark["tvm_tune_int8"]["peak_share"] = int8_peak_share
@@ -39,22 +41,24 @@ def delivered(artifact: str, benchmark: dict, accuracy: float) -> dict:
             "ratio_vs_ort_fp32_baseline": ratio, "size_bytes": 400_000, "max_accuracy_drop": 0.005}
 
 
-def targets(tuned_ms: float, artifact: str, accuracy: float, int8_peak_share: float = 0.6) -> list[dict]:
-    metrics, benchmark = fake_results(tuned_ms, accuracy, int8_peak_share)
+def targets(tuned_ms: float, artifact: str, accuracy: float, int8_peak_share: float = 0.6,
+            throughput_gain: float = 1.0) -> list[dict]:
+    metrics, benchmark = fake_results(tuned_ms, accuracy, int8_peak_share, throughput_gain)
     metrics["select"] = delivered(artifact, benchmark, accuracy)
     return report.target_rows(report.rows(metrics, benchmark), metrics, benchmark)
 
 
 def test_targets_hold_when_the_measurements_reach_them():
-    rows = targets(tuned_ms=1.2, artifact="ort_int8", accuracy=0.976, int8_peak_share=0.5)
-    assert [row["met"] for row in rows] == [True, True, True, True, True]
-    assert [round(row["value"], 3) for row in rows] == [1.0, 33.333, 3.6, 0.4, 50.0]
-    assert "(ONNX Runtime int8)" in rows[2]["target"] and "(ONNX Runtime int8)" in rows[3]["target"]
+    rows = targets(tuned_ms=1.2, artifact="ort_int8", accuracy=0.976, int8_peak_share=0.5, throughput_gain=1.5)
+    assert [row["met"] for row in rows] == [True, True, True, True, True, True]
+    assert [round(row["value"], 3) for row in rows] == [1.0, 33.333, 3.6, 0.4, 50.0, 1.5]
+    assert all("(ONNX Runtime int8)" in rows[i]["target"] for i in (2, 3, 5))
 
 
 def test_targets_fail_when_the_delivered_model_is_slow_or_loses_accuracy():
-    rows = targets(tuned_ms=2.5, artifact="ort_fp32", accuracy=0.969, int8_peak_share=0.3)  # 1.1 points below
-    assert [row["met"] for row in rows] == [False, False, False, False, False]
+    rows = targets(tuned_ms=2.5, artifact="ort_fp32", accuracy=0.969, int8_peak_share=0.3,  # 1.1 points below
+                   throughput_gain=1.4)
+    assert [row["met"] for row in rows] == [False, False, False, False, False, False]
     assert "(ONNX Runtime fp32)" in rows[2]["target"] and round(rows[2]["value"], 3) == 1.5
     assert round(rows[3]["value"], 3) == 1.1
     assert "| no |" in report.targets_table(rows)
@@ -64,8 +68,8 @@ def test_a_missing_artifact_or_selection_leaves_its_target_unmeasured():
     metrics, benchmark = fake_results(1.0, 0.975)
     del benchmark["tvm_tune_fp32"], benchmark["tvm_tune_int8"]["peak_share"]  # a benchmark.json without a floor
     rows = report.target_rows(report.rows(metrics, benchmark), metrics, benchmark)
-    assert [row["met"] for row in rows] == [None, None, None, None, None]
-    assert report.targets_table(rows).count("| - | - |") == 5
+    assert [row["met"] for row in rows] == [None, None, None, None, None, None]
+    assert report.targets_table(rows).count("| - | - |") == 6
 
 
 def test_the_report_leads_with_the_delivered_model():
@@ -222,3 +226,22 @@ def test_the_pngs_are_drawn_from_the_plot_data_files_alone(tmp_path):
     (tmp_path / "pareto.csv").write_text("artifact,latency_ms_p50,accuracy,pareto\na,0.5,0.9,1\n")
     with pytest.raises(InputError, match="pareto.csv: columns"):
         report.plot(tmp_path / "pareto.csv", tmp_path / "sizes.csv", tmp_path / "a.png", tmp_path / "b.png")
+
+
+def test_the_throughput_section_sets_each_batch_rate_against_batch_1_and_the_peak():
+    metrics, benchmark = fake_results(tuned_ms=1.2, pruned_int8_accuracy=0.976, throughput_gain=1.25)
+    for timing in benchmark.values():
+        timing.update(throughput_gmacs=12.5, throughput_share_of_peak=0.25)
+    benchmark["tvm_tune_int8"]["throughput_ips_batch1_build"] = 1000.0
+    table = report.rows(metrics, benchmark)
+    section = report.throughput_section(table, {"throughput_batch": 32})
+    assert "| artifact | batch 1 (images/s, 1 / p50) | batch 32 (images/s) |" in section
+    # 0.9 ms: 1111 images/s at batch 1, 1.25 times that at batch 32; its batch-1 build over the batch: 1000.
+    assert "| TVM tune int8 | 1111 | 1389 | 1.25 | 12.5 | 25.0 % | 1000 |" in section
+    assert "| ONNX Runtime int8 | 2000 | 2500 | 1.25 | 12.5 | 25.0 % | - |" in section
+    del benchmark["tvm_tune_int8"]["throughput_ips_batch1_build"]  # tune.batched_build off: no such column
+    section = report.throughput_section(report.rows(metrics, benchmark), {"throughput_batch": 32})
+    assert "| TVM tune int8 | 1111 | 1389 | 1.25 | 12.5 | 25.0 % |" in section.splitlines()
+    assert "`tune.batched_build` is off" in section
+    del benchmark["ort_int8"]["throughput_share_of_peak"]  # a benchmark.json from before
+    assert report.throughput_section(report.rows(metrics, benchmark), {"throughput_batch": 32}).startswith("No ")

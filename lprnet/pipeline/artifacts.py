@@ -63,7 +63,8 @@ RATIOS = {"ratio_vs_baseline": BASELINE, "ratio_vs_ort_fp32": ORT_FP32, "ratio_v
 # `_` + one, so a key splits one way only. `macs`: multiply-accumulates of one batch-1 pass (its source model's);
 # `achieved_gmacs`: those per second at the batch-1 p50, in G-MAC/s; `peak_share`: that over its precision's peak.
 BENCHMARK_METRICS = ("latency_ms_p50", "latency_ms_p90", "latency_ms_mad", "throughput_ips", *RATIOS, "macs",
-                     "achieved_gmacs", "peak_share")
+                     "achieved_gmacs", "peak_share", "throughput_gmacs", "throughput_share_of_peak",
+                     "throughput_ips_batch1_build")
 # The hardware floor among the run's settings (runtime/floor.py), in G-MAC/s: `floor_<precision>_gmacs` at the
 # benchmark's thread count, `floor_<precision>_gmacs_one_thread` on one.
 FLOOR_KEYS = {precision: f"floor_{precision}_gmacs" for precision in ("fp32", "int8")}

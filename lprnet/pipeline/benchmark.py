@@ -1,7 +1,8 @@
 """The `benchmark` stage's work: every artifact of the pipeline timed side by side in one process.
 
 Batch-1 latency is measured interleaved in turns (see runtime/bench.py's `interleaved_latency`: after warm-up, the
-same thread count for every runtime), then throughput at `bench.throughput_batch`. Each artifact's p50 is divided by
+same thread count for every runtime), then throughput at `bench.throughput_batch`, in turns too
+(`interleaved_throughput`). Each artifact's p50 is divided by
 the PyTorch fp32 baseline's, ONNX Runtime fp32's on the same (pruned) model and ONNX Runtime fp32's on the unpruned
 baseline (export-onnx's), the reference the notebook study used (artifacts.RATIOS). The results are
 written as flat metrics (artifacts.py has the key scheme) and as a CSV for `dvc plots`.
@@ -10,7 +11,9 @@ Against the hardware floor: this CPU's fp32 FMA and int8 multiply-add peaks at `
 are measured before the artifacts and again after them (the best of both is kept: load elsewhere on the machine
 only lowers a peak), and each artifact's row gets its MACs (those of the PyTorch model it was made from, counted
 by runtime/metrics.py's `count_macs`, as the stages' `macs`), the G-MAC/s it achieves at its batch-1 p50, and
-that as a share of its precision's peak.
+that as a share of its precision's peak; the same for its throughput. A tuned TVM artifact with a batched build
+(tune.batched_build) has its throughput measured on that build, and that of its batch-1 build run over the same
+batch in the same turns (`throughput_ips_batch1_build`).
 
 Does not re-measure accuracy: the report joins each artifact with its own stage's metrics.
 """
@@ -30,10 +33,13 @@ from lprnet.pipeline.artifacts import (
     artifact_paths,
     flat_benchmark,
 )
-from lprnet.runtime.bench import BenchConfig, interleaved_latency, throughput
+from lprnet.runtime.bench import BenchConfig, interleaved_latency, interleaved_throughput
 from lprnet.runtime.floor import Floor, cpu_description, measure_floor
 from lprnet.runtime.metrics import count_macs
 from lprnet.runtime.predictor import load_predictor
+from lprnet.runtime.tvm_runtime import TVMPredictor
+
+BATCH1_BUILD = "batch-1 build"  # the key of an artifact's batch-1 build among the throughput turns
 
 # reports/benchmark.csv, one line per artifact.
 CSV_COLUMNS = ("artifact", "latency_ms_p50", "latency_ms_p90", "throughput_ips", "ratio_vs_ort_fp32", "macs",
@@ -50,9 +56,16 @@ def benchmark_artifacts(models: Path, bench: BenchConfig) -> tuple[dict[str, dic
                for source in {artifact.source for artifact in ARTIFACTS.values()} | {REFERENCE_SOURCE}}
     predictors = {name: load_predictor(path, bench.threads) for name, path in paths.items()}
     results = interleaved_latency(predictors, bench)
-    for name, predictor in predictors.items():
-        results[name]["throughput_ips"] = throughput(predictor, bench)
-    del predictors  # their runtimes' thread pools stop spinning before the floor runs again
+    # A TVM artifact with a batched build also runs the batch on its batch-1 build, in the same turns.
+    batch1_builds = {name: TVMPredictor(paths[name], bench.threads, batched=False) for name, predictor in
+                     predictors.items() if getattr(predictor, "batched_input_shape", None)}
+    rates = interleaved_throughput({**predictors, **{f"{name} {BATCH1_BUILD}": predictor
+                                                     for name, predictor in batch1_builds.items()}}, bench)
+    for name in predictors:
+        results[name]["throughput_ips"] = rates[name]
+        if name in batch1_builds:
+            results[name]["throughput_ips_batch1_build"] = rates[f"{name} {BATCH1_BUILD}"]
+    del predictors, batch1_builds  # their runtimes' thread pools stop spinning before the floor runs again
     floor = best_floor(floor_before, measure_floor(bench.threads))
     kinds = {name: (artifact.precision, artifact.source) for name, artifact in ARTIFACTS.items()}
     kinds[REFERENCE] = (REFERENCE_PRECISION, REFERENCE_SOURCE)
@@ -61,6 +74,9 @@ def benchmark_artifacts(models: Path, bench: BenchConfig) -> tuple[dict[str, dic
             result[ratio] = result["latency_ms_p50"] / results[other]["latency_ms_p50"]
         precision, source = kinds[name]
         result.update(against_floor(sources[source], result["latency_ms_p50"], floor.peak(precision)))
+        throughput_gmacs = sources[source] * result["throughput_ips"] / 1e9
+        result.update(throughput_gmacs=throughput_gmacs, throughput_share_of_peak=throughput_gmacs / floor.peak(
+            precision))
     return results, floor
 
 

@@ -101,6 +101,36 @@ def interleaved_latency(predictors: dict[str, Predictor], config: BenchConfig) -
     return {name: latency_summary(np.asarray(s) * 1e3) for name, s in samples.items()}
 
 
+def interleaved_throughput(predictors: dict[str, Predictor], config: BenchConfig) -> dict[str, float]:
+    """Images per second at `config.throughput_batch` of several predictors, measured in turns as
+    `interleaved_latency` measures latency: each turn settles (SETTLE_S of untimed batch-1 calls), then times one
+    call of the batch. A predictor leaves the turns after `throughput_runs` timed calls, or once they took
+    `throughput_seconds` (and there are MIN_THROUGHPUT_RUNS), so that a slow build costs seconds, not minutes. The
+    median call counts."""
+    inputs, single = example_input(config.throughput_batch), example_input(1)
+    for predictor in predictors.values():
+        for _ in range(max(1, config.warmup // 5)):
+            predictor(inputs)
+    samples: dict[str, list[float]] = {name: [] for name in predictors}
+    min_runs = min(MIN_THROUGHPUT_RUNS, config.throughput_runs)
+
+    def done(timed: list[float]) -> bool:
+        return len(timed) >= config.throughput_runs or (len(timed) >= min_runs
+                                                          and sum(timed) >= config.throughput_seconds)
+
+    while not all(done(timed) for timed in samples.values()):
+        for name, predictor in predictors.items():
+            if done(samples[name]):
+                continue
+            settle_start = time.perf_counter()
+            while time.perf_counter() - settle_start < SETTLE_S:
+                predictor(single)
+            start = time.perf_counter()
+            predictor(inputs)
+            samples[name].append(time.perf_counter() - start)
+    return {name: float(config.throughput_batch / np.median(timed)) for name, timed in samples.items()}
+
+
 def latency_summary(samples_ms: np.ndarray) -> dict:
     """p50, p90 and the median absolute deviation (the noise scale the regression gate compares against)."""
     median = float(np.median(samples_ms))
