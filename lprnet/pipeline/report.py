@@ -194,8 +194,8 @@ def throughput_section(table: list[dict], settings: dict) -> str:
            "is its batch-1 build over the same images, measured in turns with it. The other TVM artifacts run the "
            "batch through their batch-1 build." if batched else
            "The TVM artifacts run the batch through their batch-1 build (`tune.batched_build` is off).")
-    return (f"Images per second at batch {batch} (`bench.throughput_batch`; the median of the calls made in "
-            "`bench.throughput_seconds`), against each artifact's batch-1 rate and, as G-MAC/s, against its "
+    return (f"Images per second at batch {batch} (`bench.throughput_batch`; the median of its calls, timed in turns "
+            "with the other artifacts'), against each artifact's batch-1 rate and, as G-MAC/s, against its "
             f"precision's peak. PyTorch and ONNX Runtime take the batch as it is. {how}\n\n" + "\n".join(lines))
 
 
