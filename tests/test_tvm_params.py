@@ -43,6 +43,8 @@ def test_bad_tvm_params_are_named(overrides, match):
     ({"rpc_key": "rasp4"}, "tune.rpc_key is 'rasp4' but tune.rpc_tracker is empty"),
     ({"rpc_tracker": "localhost:9190"}, "tune.rpc_key is empty"),
     ({"rpc_tracker": "localhost", "rpc_key": "rasp4"}, "RPC tracker 'localhost': expected host:port"),
+    ({"batched_build": "yes"}, "tune.batched_build must be true or false, got 'yes'"),
+    ({"weight_layout_rewrite": 1}, "tune.weight_layout_rewrite must be true or false, got 1"),
 ])
 def test_bad_tune_params_are_named(overrides, match):
     with pytest.raises(InputError, match=match):
