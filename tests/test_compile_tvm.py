@@ -20,6 +20,7 @@ from lprnet.compile.tvm.batched import batched_module  # noqa: E402
 from lprnet.compile.tvm.build import build, detect_target  # noqa: E402
 from lprnet.compile.tvm.frontend import import_onnx, module_input_shape  # noqa: E402
 from lprnet.compile.tvm.passes import PIPELINES, apply_passes, count_ops  # noqa: E402
+from lprnet.pipeline.tvm_tune_step import check_batched  # noqa: E402
 from lprnet.runtime.predictor import example_input, load_predictor  # noqa: E402
 from lprnet.runtime.tvm_runtime import TVMPredictor  # noqa: E402
 from tests.conftest import TEST_LLVM_TARGET, main_constants  # noqa: E402
@@ -176,7 +177,7 @@ def batched_artifact(cache, tmp_path_factory, executables, modules, onnx_path, l
         folder = tmp_path_factory.mktemp("artifact") / "lprnet-tvm-batched"
         save_artifact(folder, executables["layout"], modules["layout"], HOST, module_input_shape(modules["layout"]),
                       latin.name, batched=(build(batched, HOST), module_input_shape(batched),
-                                           {"kernels_scheduled": 0}))
+                                           {"kernels_scheduled": 0, "kernels": len(batched.functions) - 1}))
         return folder
 
     return once(cache, "batched_artifact", save)
@@ -197,6 +198,17 @@ def test_whole_batches_run_on_the_batched_build_and_the_rest_on_the_batch_1_buil
     assert TVMPredictor(batched_artifact, batched=False).batched_input_shape is None
     manifest = json.loads((batched_artifact / MANIFEST_FILE).read_text())
     assert manifest["batched"]["library"] == f"model_batch{BATCH}.so" and manifest["batched"]["kernels_scheduled"] == 0
+
+
+def test_the_tune_stage_refuses_a_batched_build_that_reads_plates_otherwise(batched_artifact, latin):
+    images = (np.random.default_rng(14).random((2 * BATCH + 1, 24, 94, 3)) * 255).astype(np.uint8)
+    predictor = TVMPredictor(batched_artifact)
+    checked = check_batched(predictor, images, "here")
+    assert checked["batched_build_batch"] == BATCH and checked["batched_max_abs_logit_diff"] < 1e-4
+    batched_main = predictor._batched_main
+    predictor._batched_main = lambda tensor: tvm.runtime.tensor(-batched_main(tensor).numpy())  # another function
+    with pytest.raises(ValueError, match=f"here: the batch-{BATCH} build reads [0-9]+ plates differently"):
+        check_batched(predictor, images, "here")
 
 
 def test_a_tampered_batched_library_or_shape_is_refused(batched_artifact, tmp_path):

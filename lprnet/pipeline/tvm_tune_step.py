@@ -79,11 +79,12 @@ def tune_and_build(precision: str, mod, target: dict, database: str | os.PathLik
     return tuning, tuned
 
 
-def check_batched(predictor: TVMPredictor, batch1: TVMPredictor, images: np.ndarray, where: str) -> dict:
+def check_batched(predictor: TVMPredictor, images: np.ndarray, where: str) -> dict:
     """Raise unless the artifact's batched build (which the accuracy pass ran on whole batches) reads every plate
     as its batch-1 build does; returns their largest logit difference ({} without a batched build)."""
     if predictor.batched_input_shape is None:
         return {}
+    batch1 = TVMPredictor(predictor.folder, predictor.threads, batched=False)
     ours, theirs = predict_logits(predictor, images), predict_logits(batch1, images)
     changed = sum(a != b for a, b in zip(texts_from_logits(ours, predictor.alphabet),
                                          texts_from_logits(theirs, batch1.alphabet)))
@@ -122,8 +123,7 @@ def tune_stage(source: str | os.PathLike, onnx_models: dict, pruned: str | os.Pa
             metrics[precision] = {
                 **artifact_metrics(predictor, tmp / precision, images, labels, bench, source=model, texts=texts),
                 **parity,
-                **check_batched(predictor, TVMPredictor(tmp / precision, bench.threads, batched=False), images,
-                                f"{Path(out) / precision}"),
+                **check_batched(predictor, images, f"{Path(out) / precision}"),
                 # tuning_trials: every trial behind this artifact, also from earlier runs; the _run keys: this run's.
                 "tuning_tasks": tuning.tasks,
                 "tuning_trials": len(module_records(database, mod, target)) if tuned_run else 0,
